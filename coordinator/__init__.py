@@ -1,0 +1,1 @@
+"""fedscore: coordinator package."""

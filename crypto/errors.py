@@ -1,0 +1,52 @@
+"""Errors raised by :mod:`crypto`.
+
+Catch :class:`CryptoError` broadly at a boundary; recover narrowly from a subclass. Messages say what
+was wrong (which key id, which entry) and never contain secret material or raw identifiers.
+"""
+
+from __future__ import annotations
+
+
+class CryptoError(Exception):
+    """Base class for every error raised by :mod:`crypto`."""
+
+
+class InvalidPoint(CryptoError, ValueError):
+    """A peer sent a group element that is malformed, degenerate or of low order; the run must abort."""
+
+
+class KeyMismatch(CryptoError, ValueError):
+    """A ciphertext or context was produced under a different key than the one expected."""
+
+
+class InsecureParameters(CryptoError, ValueError):
+    """Encryption parameters are below the 128-bit security floor."""
+
+
+class SecretKeyPresent(CryptoError, ValueError):
+    """A context carries a secret key where only a public context is acceptable."""
+
+
+class MissingSecretKey(CryptoError, ValueError):
+    """An operation needs a secret key that this party does not hold."""
+
+
+class UnwrapError(CryptoError, ValueError):
+    """A wrapped key failed authentication: wrong recipient key, wrong context, or tampered bytes."""
+
+
+class MaskMismatch(CryptoError, ValueError):
+    """Masked contributions do not belong to the same round/participant set; summing them would be wrong."""
+
+
+class BadSignature(CryptoError, ValueError):
+    """A signature does not verify under the claimed identity."""
+
+
+class AuditLogBroken(CryptoError):
+    """An audit log failed verification; ``index`` is the first entry whose link is broken."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        self.index = index
+        self.reason = reason
+        super().__init__(f"audit log broken at entry {index}: {reason}")

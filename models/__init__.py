@@ -1,0 +1,1 @@
+"""fedscore: models package."""

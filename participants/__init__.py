@@ -1,0 +1,1 @@
+"""fedscore: participants package."""
