@@ -1,3 +1,74 @@
-"""The ``fedscore`` console command: mounts the sub-commands each package defines."""
-def main() -> None:
-    print("fedscore")
+"""The ``fedscore`` console command.
+
+A thin module that mounts the sub-commands each package defines; it is the only place that imports
+both role packages. Errors of the project's hierarchies become one red line and a non-zero exit code,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import click
+import typer
+from rich.console import Console
+
+# Sub-command apps, mounted in this order. Each module defines ``app: typer.Typer``.
+_SUBCOMMANDS = (
+    "protocols.cli",
+    "participants.cli",
+    "coordinator.cli",
+)
+
+for _name, _value in {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+}.items():
+    os.environ.setdefault(_name, _value)
+
+
+def build_app() -> typer.Typer:
+    root = typer.Typer(
+        name="fedscore",
+        help="Federated credit scoring for SMEs: usable but invisible data.",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        add_completion=False,
+    )
+    for module_name in _SUBCOMMANDS:
+        root.add_typer(importlib.import_module(module_name).app)
+    return root
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from crypto.errors import CryptoError
+    from protocols.errors import ProtocolError
+
+    return (CryptoError, ProtocolError)
+
+
+def main(argv: list[str] | None = None) -> None:
+    app = build_app()
+    err = Console(stderr=True, highlight=False)
+    try:
+        result = app(args=argv, standalone_mode=False)
+    except _user_errors() as exc:
+        err.print(f"[red]error:[/] {exc}")
+        sys.exit(2)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        err.print("[red]aborted[/]")
+        sys.exit(130)
+    # Without standalone mode click returns the code of a ``typer.Exit`` instead of raising it.
+    sys.exit(result if isinstance(result, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,7 @@
+"""Sub-commands a data holder (and the lender) runs: data, features, baselines."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(no_args_is_help=True)
