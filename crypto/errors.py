@@ -50,3 +50,23 @@ class AuditLogBroken(CryptoError):
         self.index = index
         self.reason = reason
         super().__init__(f"audit log broken at entry {index}: {reason}")
+
+
+class MalformedData(CryptoError, ValueError):
+    """Bytes or a structure received from a peer (or a file) do not parse as what was expected."""
+
+
+class InsecureKeyFile(CryptoError, PermissionError):
+    """A secret key file is readable by group or others; it is refused rather than trusted."""
+
+
+class ValueOutOfRange(CryptoError, ValueError):
+    """A value cannot be encoded (fixed-point range exceeded, NaN or infinity) without silently wrapping."""
+
+
+class MaskReuse(CryptoError, ValueError):
+    """A masking tag was used twice in one session; reusing a mask would leak the difference of two vectors."""
+
+
+class DepthExhausted(CryptoError, ValueError):
+    """A homomorphic multiplication needs more levels than the CKKS coefficient chain has left."""
