@@ -26,3 +26,27 @@ class ConfigError(ProtocolError, ValueError):
 
 class ProtocolViolation(ProtocolError):
     """A peer sent a message that the protocol state machine does not accept in its current state."""
+
+
+class ConsentError(ProtocolError):
+    """A consent operation (enrol, grant, revoke, status) was refused by the consent authority."""
+
+
+class NotAuthenticated(ConsentError):
+    """An enterprise request did not authenticate. Deliberately one message for "not enrolled",
+    "wrong key", "stale" and "replayed", so probing cannot learn which enterprises are enrolled."""
+
+    def __init__(self) -> None:
+        super().__init__("request not authenticated: sign it with the enrolled enterprise key, fresh, once")
+
+
+class UnknownGrant(ConsentError):
+    """No grant with this id belongs to the requesting enterprise (same answer whether it exists or not)."""
+
+
+class DataError(ProtocolError, ValueError):
+    """A participant's local data does not match its declared schema.
+
+    The message names the file, column and row number, never the offending values (they may be
+    identifiers or features that must not reach logs).
+    """

@@ -1,0 +1,105 @@
+"""SQLite persistence at a data holder: per-grant use counters and the latest revocation list.
+
+The use counter is the one piece of consent state that must be exact under concurrency: a grant
+with ``max_uses=k`` must never be served k+1 times, whether the requests race in threads of one
+process or in several processes sharing the database. Counting is therefore one conditional upsert
+(``uses < max``) inside an immediate (write-locked) transaction; SQLite serialises writers, so the
+condition is evaluated against the committed count every time. WAL keeps readers unblocked.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from protocols.consent import SignedRevocationList
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS uses (
+    grant_id TEXT NOT NULL,
+    holder TEXT NOT NULL,
+    uses INTEGER NOT NULL,
+    PRIMARY KEY (grant_id, holder)
+);
+CREATE TABLE IF NOT EXISTS revocation_list (
+    only_row INTEGER PRIMARY KEY CHECK (only_row = 1),
+    sequence INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
+"""
+
+
+class HolderStore:
+    """Consent state a holder keeps across restarts (``consent.db`` in the node's state directory)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._conn().executescript(_SCHEMA)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        db = self._conn()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def try_use(self, grant_id: str, holder: str, max_uses: int | None) -> int | None:
+        """Count one use atomically; return the new count, or None if ``max_uses`` is already reached."""
+        if max_uses is not None and max_uses < 1:
+            raise ValueError(f"max_uses must be positive, got {max_uses}")
+        with self._tx() as db:
+            row = db.execute(
+                "INSERT INTO uses VALUES (:grant, :holder, 1) ON CONFLICT(grant_id, holder) DO UPDATE "
+                "SET uses = uses + 1 WHERE :max IS NULL OR uses < :max RETURNING uses",
+                {"grant": grant_id, "holder": holder, "max": max_uses},
+            ).fetchone()
+        return None if row is None else int(row[0])
+
+    def uses(self, grant_id: str, holder: str) -> int:
+        row = self._conn().execute(
+            "SELECT uses FROM uses WHERE grant_id = ? AND holder = ?", (grant_id, holder)
+        ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def all_uses(self) -> dict[tuple[str, str], int]:
+        rows = self._conn().execute("SELECT grant_id, holder, uses FROM uses ORDER BY grant_id, holder")
+        return {(g, h): int(u) for g, h, u in rows}
+
+    def save_revocation_list(self, revocations: SignedRevocationList) -> bool:
+        """Keep ``revocations`` if its sequence is higher than the stored one (a replayed older list,
+        which might hide a revocation, is ignored). The caller has verified the signature."""
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO revocation_list VALUES (1, ?, ?) ON CONFLICT(only_row) DO UPDATE "
+                "SET sequence = excluded.sequence, body = excluded.body WHERE excluded.sequence > sequence",
+                (revocations.sequence, revocations.model_dump_json()),
+            )
+            return cur.rowcount == 1
+
+    def revocation_list(self) -> SignedRevocationList | None:
+        row = self._conn().execute("SELECT body FROM revocation_list WHERE only_row = 1").fetchone()
+        return None if row is None else SignedRevocationList.model_validate_json(row[0])
