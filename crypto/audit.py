@@ -94,7 +94,8 @@ def _read_last_line(fd: int) -> bytes | None:
     if size == 0:
         return None
     if os.pread(fd, 1, size - 1) != b"\n":
-        raise AuditLogBroken(-1, "last entry is incomplete (interrupted append?); repair before appending")
+        complete = os.pread(fd, size, 0).count(b"\n")
+        raise AuditLogBroken(complete, "last entry is incomplete (interrupted append?); repair before appending")
     block = 65536
     end = size - 1
     buf = b""
@@ -143,7 +144,8 @@ class AuditLog:
                 entry = json.loads(line)
                 seq = int(entry["seq"])
             except (ValueError, KeyError, TypeError):
-                raise AuditLogBroken(-1, "last entry is not a valid audit entry; refusing to extend") from None
+                index = os.pread(self._fd, size, 0).count(b"\n") - 1
+                raise AuditLogBroken(index, "last entry is not a valid audit entry; refusing to extend") from None
             if entry.get("signer") != self._identity.fingerprint:
                 raise AuditLogBroken(seq, "log belongs to a different identity; refusing to extend")
             self._next_seq, self._last_hash = seq + 1, _line_hash(line)

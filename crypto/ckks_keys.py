@@ -16,6 +16,7 @@ Recipes::
     lender.save("lender.ckks")                             # 0600, atomic, secret stays here
     ctx = PublicContext.from_bytes(lender.public_context_bytes())      # at a holder / the gateway
     env = encrypt_vector(ctx, scores)                      # EncryptedVector bound to ctx.key_id
+    cols = encrypt_columns(ctx, outputs)                   # (batch × d) → d vectors, batch in slots
     wire = env.to_bytes(); env = EncryptedVector.from_bytes(wire, ctx)
     total = sum_encrypted([env_a, env_b, env_c])           # KeyMismatch if key ids differ
     plain = decrypt(lender, total)                         # numpy float64; MissingSecretKey for a PublicContext
@@ -53,8 +54,9 @@ import json
 import math
 import os
 import struct
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterable, Sequence
+from typing import Any, ClassVar, Iterable, Iterator, Self, Sequence
 
 import numpy as np
 import tenseal as ts
@@ -87,6 +89,8 @@ __all__ = [
     "AggregationKey",
     "EncryptedVector",
     "encrypt_vector",
+    "encrypt_columns",
+    "envelope_key_id",
     "sum_encrypted",
     "linear_combination",
     "decrypt",
@@ -309,7 +313,7 @@ class _SecretKey(_KeyHolder):
         raise TypeError(f"use {type(self).__name__}.generate() or .load(path)")
 
     @classmethod
-    def _from_context(cls, ctx: ts.Context) -> "_SecretKey":
+    def _from_context(cls, ctx: ts.Context) -> Self:
         if not ctx.has_secret_key():
             raise MissingSecretKey(f"{cls.__name__} needs a context with a secret key")
         info = _validate(ctx)
@@ -319,7 +323,7 @@ class _SecretKey(_KeyHolder):
         return self
 
     @classmethod
-    def generate(cls, params: CkksParams | None = None, *, galois_keys: bool = False) -> "_SecretKey":
+    def generate(cls, params: CkksParams | None = None, *, galois_keys: bool = False) -> Self:
         """Fresh key pair. Galois keys (rotations; ~35 MB public) only if asked."""
         params = params or cls._DEFAULT
         ctx = ts.context(
@@ -352,7 +356,7 @@ class _SecretKey(_KeyHolder):
         )
 
     @classmethod
-    def _from_secret_bytes(cls, data: bytes, where: str) -> "_SecretKey":
+    def _from_secret_bytes(cls, data: bytes, where: str) -> Self:
         if not parse_context(data).secret_key:
             raise MissingSecretKey(f"{where}: context holds no secret key")
         try:
@@ -369,7 +373,7 @@ class _SecretKey(_KeyHolder):
         write_secret(path, _SECRET_MAGIC + header + b"\n" + self._secret_bytes())
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "_SecretKey":
+    def load(cls, path: str | os.PathLike[str]) -> Self:
         """Load a key saved by :meth:`save`; refuses group/world-readable files and wrong kinds."""
         data = read_secret(path)
         if not data.startswith(_SECRET_MAGIC):
@@ -474,7 +478,7 @@ class AggregationKey(_SecretKey):
             raise KeyMismatch(f"unwrapped key has id {key.key_id}, header claims {meta['key_id']}")
         if expected_key_id is not None and key.key_id != expected_key_id:
             raise KeyMismatch(f"unwrapped key has id {key.key_id}, expected {expected_key_id}")
-        return key  # type: ignore[return-value]
+        return key
 
 
 # ---------------------------------------------------------------------------------------------
@@ -498,17 +502,15 @@ def _as_float_array(values: Any) -> np.ndarray:
     return arr
 
 
-def _depth_guard(op: str):  # noqa: ANN202 - tiny decorator-free helper
-    class _Guard:
-        def __enter__(self) -> None:
-            return None
-
-        def __exit__(self, exc_type, exc, tb) -> bool:  # noqa: ANN001
-            if exc_type is not None and issubclass(exc_type, ValueError) and "scale out of bounds" in str(exc):
-                raise DepthExhausted(f"{op}: no multiplicative levels left in this key's coefficient chain") from None
-            return False
-
-    return _Guard()
+@contextmanager
+def _depth_guard(op: str) -> Iterator[None]:
+    """Turn TenSEAL's "scale out of bounds" into a typed error naming the operation."""
+    try:
+        yield
+    except ValueError as exc:
+        if "scale out of bounds" in str(exc):
+            raise DepthExhausted(f"{op}: no multiplicative levels left in this key's coefficient chain") from None
+        raise
 
 
 class EncryptedVector:
@@ -669,6 +671,18 @@ def encrypt_vector(key: _KeyHolder, values: Any) -> EncryptedVector:
     slots = key.slot_count
     chunks = [ts.ckks_vector(key._ctx, arr[i:i + slots].tolist()) for i in range(0, arr.size, slots)]
     return EncryptedVector._make(key.key_id, int(arr.size), chunks)
+
+
+def encrypt_columns(key: _KeyHolder, matrix: Any) -> list[EncryptedVector]:
+    """Column packing for scoring: a (batch × d) matrix becomes d vectors of ``batch`` slots, one
+    per feature, so linear layers need only plaintext scalar multiplications (no Galois keys)."""
+    try:
+        arr = np.asarray(matrix, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise MalformedData(f"matrix is not numeric: {exc}") from None
+    if arr.ndim != 2:
+        raise MalformedData(f"expected a (batch, features) matrix, got shape {arr.shape}")
+    return [encrypt_vector(key, arr[:, j]) for j in range(arr.shape[1])]
 
 
 def sum_encrypted(vectors: Iterable[EncryptedVector]) -> EncryptedVector:

@@ -158,7 +158,7 @@ def _verified_public(ann: Mapping[str, Any], identity: IdentityPublicKey, pid: s
     return raw
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class MaskedVector:
     """One participant's masked contribution; safe to hand to the coordinator."""
 

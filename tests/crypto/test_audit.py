@@ -191,3 +191,11 @@ def test_incomplete_last_line_is_reported(log_path, node):
         fh.write(b'{"partial":')
     err = broken(log_path, node)
     assert err.index == N and "incomplete" in err.reason
+    with pytest.raises(AuditLogBroken) as info:
+        AuditLog(log_path, node)  # never extend a log whose tail is broken
+    assert info.value.index == N
+
+
+def test_log_of_another_identity_is_not_extended(log_path):
+    with pytest.raises(AuditLogBroken):
+        AuditLog(log_path, IdentityKey.generate())

@@ -20,6 +20,7 @@ from crypto.ckks_keys import (
     PublicContext,
     check_security,
     decrypt,
+    encrypt_columns,
     encrypt_vector,
     envelope_key_id,
     linear_combination,
@@ -165,7 +166,8 @@ def test_corrupt_envelopes_are_malformed(agg, agg_public, rng):
 def test_scoring_operations_linear_square_linear(lender, lender_public, rng):
     batch, d = 64, 3
     cols = [rng.normal(scale=0.5, size=batch) for _ in range(d)]
-    holders = [[encrypt_vector(lender_public, c * s) for c in cols] for s in (0.2, 0.3, 0.5)]
+    holders = [encrypt_columns(lender_public, np.stack(cols, 1) * s) for s in (0.2, 0.3, 0.5)]
+    assert [len(h) for h in holders] == [d] * 3 and len(holders[0][0]) == batch
     summed = [sum_encrypted([h[j] for h in holders]) for j in range(d)]  # Σ holders = cols
     w, b = rng.normal(size=d), 0.25
     hidden = linear_combination(summed, w, b).square()  # both levels of the default chain
