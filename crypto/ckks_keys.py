@@ -56,7 +56,7 @@ import os
 import struct
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterable, Iterator, Self, Sequence
+from typing import Any, ClassVar, Iterable, Iterator, Mapping, Self, Sequence
 
 import numpy as np
 import tenseal as ts
@@ -438,6 +438,16 @@ class AggregationKey(_SecretKey):
         wrapped = wrap(self._secret_bytes(), recipient, context=meta_bytes)
         sig = signer.sign(_WRAP_DOMAIN, {"meta": meta, "wrapped_sha256": hashlib.sha256(wrapped).hexdigest()})
         return _WRAP_MAGIC + struct.pack(">I", len(meta_bytes)) + meta_bytes + sig + wrapped
+
+    def wrap_for_all(
+        self, recipients: Mapping[str, WrapPublicKey], *, signer: IdentityKey, sender_id: str
+    ) -> dict[str, bytes]:
+        """:meth:`wrap_for` every participant in ``recipients`` (id → X25519 public key) but the sender."""
+        return {
+            rid: self.wrap_for(pub, signer=signer, sender_id=sender_id, recipient_id=rid)
+            for rid, pub in sorted(recipients.items())
+            if rid != sender_id
+        }
 
     @classmethod
     def unwrap(

@@ -249,3 +249,18 @@ def test_substituted_key_from_a_relay_is_refused(wrap_parties):
     with pytest.raises(BadSignature):
         AggregationKey.unwrap(blob, p["bob_wrap"], sender=p["alice_id"].public_key,
                               sender_id="bank-a", recipient_id="bank-b")
+
+
+def test_wrap_for_all_skips_the_sender_and_addresses_each_recipient(agg, wrap_parties):
+    p = wrap_parties
+    directory = {"bank-a": WrapKeyPair.generate().public_key, "bank-b": p["bob_wrap"].public_key,
+                 "bank-c": p["carol_wrap"].public_key}
+    blobs = agg.wrap_for_all(directory, signer=p["alice_id"], sender_id="bank-a")
+    assert sorted(blobs) == ["bank-b", "bank-c"]
+    for rid, me in (("bank-b", p["bob_wrap"]), ("bank-c", p["carol_wrap"])):
+        key = AggregationKey.unwrap(blobs[rid], me, sender=p["alice_id"].public_key, sender_id="bank-a",
+                                    recipient_id=rid, expected_key_id=agg.key_id)
+        assert key.key_id == agg.key_id
+    with pytest.raises(UnwrapError):  # carol's blob is useless to bob
+        AggregationKey.unwrap(blobs["bank-c"], p["bob_wrap"], sender=p["alice_id"].public_key,
+                              sender_id="bank-a", recipient_id="bank-c")
