@@ -1,0 +1,302 @@
+"""Consent enforcement at a holder: every rule refuses with its reason, revocation reaches the holder
+within the freshness bound, use counts hold under races, and every check leaves an audit entry."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from crypto.audit import AuditLog, keyed_hash, verify
+from crypto.identity import IdentityKey
+from participants.consent import ConsentGuard, FileRevocationSource
+from participants.consent_store import HolderStore
+from protocols.consent import (
+    Grant,
+    GrantTerms,
+    RefusalReason,
+    SignedRevocationList,
+    new_grant_id,
+)
+from protocols.uscc import make_uscc
+
+T0 = datetime(2025, 3, 1, 8, 0, tzinfo=timezone.utc)
+ENTERPRISE = make_uscc("91350100M000100Y4")
+OTHER = make_uscc("91440300708461136")
+AUTHORITY = IdentityKey.generate()
+NODE = IdentityKey.generate()
+HASH_KEY = b"k" * 32
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+def make_grant(**overrides: object) -> Grant:
+    fields: dict[str, object] = dict(
+        enterprise=ENTERPRISE, lender="bank-a", purpose="scoring", holders=("tax", "utility"),
+        valid_from=T0, valid_until=T0 + timedelta(days=30),
+    )
+    fields.update(overrides)
+    return Grant(
+        grant_id=new_grant_id(), terms=GrantTerms(**fields), issued_at=T0, authority=AUTHORITY.fingerprint  # type: ignore[arg-type]
+    ).signed_with(AUTHORITY)
+
+
+class ListPublisher:
+    """Plays the authority's publication side: signs lists into the file the holder reads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sequence = 0
+        self.revoked: list[Grant] = []
+
+    def publish(self, now: datetime, key: IdentityKey = AUTHORITY, sequence: int | None = None) -> None:
+        from protocols.consent import Revocation
+
+        self.sequence += 1
+        signed = SignedRevocationList(
+            authority=AUTHORITY.fingerprint, sequence=sequence or self.sequence, issued_at=now,
+            next_update=now + timedelta(seconds=30),
+            revoked=tuple(Revocation(grant_id=g.grant_id, revoked_at=now, grant_valid_until=g.terms.valid_until) for g in self.revoked),
+        ).signed_with(key)
+        self.path.write_text(signed.model_dump_json())
+
+
+@pytest.fixture
+def env(tmp_path: Path):
+    clock = Clock(T0 + timedelta(days=1))
+    publisher = ListPublisher(tmp_path / "revocations.json")
+    publisher.publish(clock.now)
+    audit = AuditLog(tmp_path / "audit.log", NODE)
+    guard = ConsentGuard(
+        node="tax", authority_key=AUTHORITY.public_key, store=HolderStore(tmp_path / "consent.db"),
+        source=FileRevocationSource(publisher.path), audit=audit, hash_key=HASH_KEY,
+        refresh_interval=timedelta(seconds=5), clock=clock,
+    )
+    guard.refresh()
+    return guard, clock, publisher, tmp_path / "audit.log"
+
+
+def check(guard: ConsentGuard, grant: Grant | str, **overrides: object):
+    request: dict[str, object] = dict(enterprise=ENTERPRISE, lender="bank-a", purpose="scoring", holder="tax")
+    request.update(overrides)
+    return guard.check(grant, **request)  # type: ignore[arg-type]
+
+
+def audit_events(path: Path) -> list[dict]:
+    return [json.loads(line)["event"] for line in path.read_text().splitlines()]
+
+
+def test_valid_grant_is_honoured_and_counted(env) -> None:
+    guard, *_ = env
+    grant = make_grant()
+    first, second = check(guard, grant), check(guard, grant)
+    assert first.allowed and second.allowed
+    assert (first.uses, second.uses) == (1, 2)
+    assert check(guard, grant, holder="utility").uses == 1  # counted per holder
+
+
+@pytest.mark.parametrize(
+    "grant_overrides, request_overrides, expected",
+    [
+        (dict(valid_until=T0 + timedelta(hours=1)), {}, RefusalReason.EXPIRED),
+        (dict(valid_from=T0 + timedelta(days=2)), {}, RefusalReason.NOT_YET_VALID),
+        ({}, dict(lender="bank-b"), RefusalReason.WRONG_LENDER),
+        ({}, dict(purpose="monitoring"), RefusalReason.WRONG_PURPOSE),
+        ({}, dict(holder="ecommerce"), RefusalReason.HOLDER_NOT_COVERED),
+        ({}, dict(enterprise=OTHER), RefusalReason.ENTERPRISE_MISMATCH),
+    ],
+)
+def test_refusals_name_the_rule(env, grant_overrides, request_overrides, expected) -> None:
+    guard, *_ = env
+    decision = check(guard, make_grant(**grant_overrides), **request_overrides)
+    assert not decision.allowed and decision.reason is expected
+
+
+def test_tampered_or_garbage_grant_is_bad_signature(env) -> None:
+    guard, *_ = env
+    data = make_grant(max_uses=1).model_dump(mode="json")
+    data["terms"]["max_uses"] = 10**6
+    assert check(guard, json.dumps(data)).reason is RefusalReason.BAD_SIGNATURE
+    assert check(guard, "not a grant").reason is RefusalReason.BAD_SIGNATURE
+    forged = make_grant().model_copy(update={"signature": "AAAA"})
+    assert check(guard, forged).reason is RefusalReason.BAD_SIGNATURE
+
+
+def test_max_uses_then_exhausted(env) -> None:
+    guard, *_ = env
+    grant = make_grant(max_uses=2)
+    outcomes = [check(guard, grant) for _ in range(4)]
+    assert [d.allowed for d in outcomes] == [True, True, False, False]
+    assert outcomes[-1].reason is RefusalReason.USES_EXHAUSTED
+
+
+def test_revocation_takes_effect_at_next_check_after_pull(env) -> None:
+    guard, clock, publisher, _ = env
+    grant, other = make_grant(), make_grant()
+    assert check(guard, grant).allowed
+    publisher.revoked.append(grant)
+    clock.advance(seconds=1)
+    publisher.publish(clock.now)
+    guard.refresh()
+    assert check(guard, grant).reason is RefusalReason.REVOKED
+    assert check(guard, other).allowed
+
+
+def test_holder_that_misses_revocations_refuses_after_the_freshness_bound(env) -> None:
+    guard, clock, publisher, _ = env
+    grant = make_grant()
+    publisher.path.unlink()  # the authority becomes unreachable; the holder keeps its last list
+    clock.advance(seconds=59)
+    assert check(guard, grant).allowed
+    clock.advance(seconds=2)
+    assert check(guard, grant).reason is RefusalReason.REVOCATION_LIST_STALE
+    publisher.publish(clock.now)
+    clock.advance(seconds=5)  # the guard pulls again on its own after refresh_interval
+    assert check(guard, grant).allowed
+
+
+def test_replayed_old_list_cannot_hide_a_revocation(env) -> None:
+    guard, clock, publisher, _ = env
+    grant = make_grant()
+    old_list = publisher.path.read_text()
+    publisher.revoked.append(grant)
+    clock.advance(seconds=1)
+    publisher.publish(clock.now)
+    guard.refresh()
+    publisher.path.write_text(old_list)  # attacker replays the list from before the revocation
+    guard.refresh()
+    assert check(guard, grant).reason is RefusalReason.REVOKED
+
+
+def test_list_not_signed_by_the_authority_is_rejected(env) -> None:
+    guard, clock, publisher, _ = env
+    from crypto.errors import BadSignature
+
+    clock.advance(seconds=1)
+    publisher.publish(clock.now, key=IdentityKey.generate())
+    with pytest.raises(BadSignature):
+        guard.refresh()
+    clock.advance(seconds=70)  # only the forged list is "fresh": the holder must still refuse
+    assert check(guard, make_grant()).reason is RefusalReason.REVOCATION_LIST_STALE
+
+
+def test_no_list_at_all_means_refusal(tmp_path: Path) -> None:
+    guard = ConsentGuard(
+        node="tax", authority_key=AUTHORITY.public_key, store=HolderStore(tmp_path / "c.db"),
+        source=FileRevocationSource(tmp_path / "missing.json"), audit=AuditLog(tmp_path / "a.log", NODE),
+        hash_key=HASH_KEY, clock=Clock(T0 + timedelta(days=1)),
+    )
+    assert check(guard, make_grant()).reason is RefusalReason.REVOCATION_LIST_STALE
+
+
+def test_state_survives_restart(env, tmp_path: Path) -> None:
+    guard, clock, publisher, _ = env
+    grant = make_grant(max_uses=2)
+    assert check(guard, grant).allowed
+    reopened = ConsentGuard(
+        node="tax", authority_key=AUTHORITY.public_key, store=HolderStore(tmp_path / "consent.db"),
+        source=FileRevocationSource(tmp_path / "nowhere.json"), audit=AuditLog(tmp_path / "audit.log", NODE),
+        hash_key=HASH_KEY, clock=clock,
+    )
+    assert check(reopened, grant).uses == 2  # counter and the last list both came back from disk
+    assert check(reopened, grant).reason is RefusalReason.USES_EXHAUSTED
+
+
+def test_every_check_is_audited_without_raw_uscc(env) -> None:
+    guard, _, _, log_path = env
+    grant = make_grant(max_uses=1)
+    decisions = [
+        check(guard, grant),
+        check(guard, grant),
+        check(guard, grant, lender="bank-b"),
+        check(guard, "forged"),
+        check(guard, make_grant(enterprise=OTHER), enterprise=OTHER, purpose="training"),
+    ]
+    assert verify(log_path, NODE.public_key) == len(decisions)
+    events = audit_events(log_path)
+    assert [e["outcome"] == "allowed" for e in events] == [d.allowed for d in decisions]
+    assert [e.get("reason") for e in events] == [None if d.reason is None else d.reason.value for d in decisions]
+    assert [e["lender"] for e in events] == ["bank-a", "bank-a", "bank-b", "bank-a", "bank-a"]
+    assert [e.get("grant_id") for e in events[:3]] == [grant.grant_id] * 3
+    assert "grant_id" not in events[3]  # an unverified grant's id is attacker-chosen: not recorded
+    assert {e["enterprise"] for e in events[:4]} == {keyed_hash(HASH_KEY, ENTERPRISE)}
+    assert events[4]["enterprise"] == keyed_hash(HASH_KEY, OTHER) != events[0]["enterprise"]
+    text = log_path.read_text()
+    assert ENTERPRISE not in text and OTHER not in text
+
+
+def test_refusal_reveals_nothing_about_whether_the_holder_knows_the_enterprise(env) -> None:
+    guard, *_ = env
+    # The guard never consults the holder's data: two enterprises, same refusal, same wire message.
+    a = check(guard, make_grant(), lender="bank-b")
+    b = check(guard, make_grant(enterprise=OTHER), enterprise=OTHER, lender="bank-b")
+    assert a.for_requester() == b.for_requester() == {"allowed": False, "reason": "wrong_lender"}
+
+
+# concurrency ----------------------------------------------------------------------------------
+
+
+def test_threads_racing_on_a_grant_get_exactly_max_uses(env) -> None:
+    guard, *_ = env
+    grant = make_grant(max_uses=5)
+    results: list[bool] = []
+    barrier = threading.Barrier(16)
+
+    def worker() -> None:
+        barrier.wait()
+        for _ in range(3):
+            results.append(check(guard, grant).allowed)
+
+    threads = [threading.Thread(target=worker) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert Counter(results) == Counter({True: 5, False: 43})
+
+
+_RACE = """
+import sys
+from participants.consent_store import HolderStore
+path, grant_id, max_uses, attempts, go = sys.argv[1:]
+store = HolderStore(path)
+while not __import__("os").path.exists(go):
+    pass
+print(sum(store.try_use(grant_id, "tax", int(max_uses)) is not None for _ in range(int(attempts))))
+"""
+
+
+def test_two_processes_racing_on_the_store_get_exactly_max_uses(tmp_path: Path) -> None:
+    path, go = tmp_path / "shared.db", tmp_path / "go"
+    HolderStore(path)
+    grant_id = new_grant_id()
+    args = [sys.executable, "-c", _RACE, str(path), grant_id, "7", "25", str(go)]
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, text=True, cwd=ROOT) for _ in range(2)]
+    go.touch()
+    successes = [int(p.communicate(timeout=60)[0]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert sum(successes) == 7
+    assert HolderStore(path).uses(grant_id, "tax") == 7
+
+
+def test_two_connections_interleaved_respect_the_bound(tmp_path: Path) -> None:
+    a, b = HolderStore(tmp_path / "s.db"), HolderStore(tmp_path / "s.db")
+    grant_id = new_grant_id()
+    got = [s.try_use(grant_id, "tax", 3) for s in (a, b, a, b, a, b)]
+    assert got == [1, 2, 3, None, None, None]
