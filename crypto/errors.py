@@ -70,3 +70,7 @@ class MaskReuse(CryptoError, ValueError):
 
 class DepthExhausted(CryptoError, ValueError):
     """A homomorphic multiplication needs more levels than the CKKS coefficient chain has left."""
+
+
+class DuplicateValue(CryptoError, ValueError):
+    """A set that must hold distinct values (PSI tags) repeats one; matching it would be ambiguous."""

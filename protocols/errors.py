@@ -50,3 +50,7 @@ class DataError(ProtocolError, ValueError):
     The message names the file, column and row number, never the offending values (they may be
     identifiers or features that must not reach logs).
     """
+
+
+class DuplicateIdentifier(ProtocolError, ValueError):
+    """A party's input lists the same identifier twice; the message names the rows, never the value."""
