@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 import secrets
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any, Callable, ClassVar, Literal, Protocol, Self
 
 from pydantic import (
@@ -41,6 +43,7 @@ from pydantic import (
 
 from crypto.errors import BadSignature, MalformedData
 from crypto.identity import IdentityKey, IdentityPublicKey
+from protocols.errors import ConfigError
 from protocols.uscc import USCC
 
 Clock = Callable[[], datetime]
@@ -73,6 +76,33 @@ FieldName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,128}$"
 Nonce = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{16,128}$")]
 GrantId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{22,128}$")]
 ALL: Literal["all"] = "all"
+
+
+PSEUDONYM_KEY_BYTES = 32
+_PSEUDONYM_HEADER = "fedscore-pseudonym-key-v1"
+
+
+def create_pseudonym_key(path: str | os.PathLike[str]) -> bytes:
+    """Create the secret key a node hashes enterprise ids with in its audit log (0600, never
+    overwritten: replacing it would make every earlier entry unsearchable)."""
+    key = secrets.token_bytes(PSEUDONYM_KEY_BYTES)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f"{_PSEUDONYM_HEADER}\n{key.hex()}\n")
+    return key
+
+
+def load_pseudonym_key(path: str | os.PathLike[str]) -> bytes:
+    """Read a key written by :func:`create_pseudonym_key`; a malformed file is a ConfigError."""
+    try:
+        header, value = Path(path).read_text().split()
+        key = bytes.fromhex(value)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a readable pseudonym key file ({exc.__class__.__name__})") from None
+    if header != _PSEUDONYM_HEADER or len(key) != PSEUDONYM_KEY_BYTES:
+        raise ConfigError(f"{path}: not a fedscore pseudonym key file")
+    return key
 
 
 def new_grant_id() -> str:

@@ -1,0 +1,199 @@
+"""The consent authority: only the enrolled enterprise key, fresh and once, can grant, revoke or look;
+grants verify at holders; revocations reach the published list; everything is audited."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from coordinator.consent_authority import ConsentAuthority, StateFiles
+from crypto.audit import keyed_hash, verify
+from crypto.errors import BadSignature
+from crypto.identity import IdentityKey, IdentityPublicKey
+from protocols.consent import (
+    GrantRequest,
+    GrantState,
+    GrantTerms,
+    RevocationRequest,
+    StatusQuery,
+    UseReport,
+    load_pseudonym_key,
+    refusal_reason,
+)
+from protocols.errors import ConsentError, NotAuthenticated, UnknownGrant
+from protocols.uscc import make_uscc
+
+T0 = datetime(2025, 3, 1, 8, 0, tzinfo=timezone.utc)
+ENTERPRISE = make_uscc("91350100M000100Y4")
+OTHER = make_uscc("91440300708461136")
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def world(tmp_path: Path):
+    clock = Clock(T0)
+    authority = ConsentAuthority.open(tmp_path, clock=clock)
+    key, other_key = IdentityKey.generate(), IdentityKey.generate()
+    authority.enrol(ENTERPRISE, key.public_key)
+    authority.enrol(OTHER, other_key.public_key)
+    return authority, key, other_key, clock, tmp_path
+
+
+def terms(enterprise: str = ENTERPRISE, **overrides: object) -> GrantTerms:
+    fields: dict[str, object] = dict(
+        enterprise=enterprise, lender="bank-a", purpose="scoring", holders=("tax",),
+        valid_from=T0, valid_until=T0 + timedelta(days=30), max_uses=2,
+    )
+    fields.update(overrides)
+    return GrantTerms(**fields)  # type: ignore[arg-type]
+
+
+def events(path: Path) -> list[dict]:
+    return [json.loads(line)["event"] for line in path.read_text().splitlines()]
+
+
+def test_grant_is_signed_by_the_authority_and_honoured(world) -> None:
+    authority, key, _, clock, root = world
+    grant = authority.grant(GrantRequest.create(terms(), key, now=clock.now))
+    pub = IdentityPublicKey.load(StateFiles(root).public_key)
+    assert grant.authority == pub.fingerprint
+    lst = authority.revocation_list()
+    lst.verify(pub)
+    assert refusal_reason(
+        grant, authority_key=pub, enterprise=ENTERPRISE, lender="bank-a", purpose="scoring", holder="tax",
+        now=clock.now, revocations=lst,
+    ) is None
+
+
+def test_grant_ids_are_unique_and_unguessable(world) -> None:
+    authority, key, _, clock, _ = world
+    ids = {authority.grant(GrantRequest.create(terms(), key, now=clock.now)).grant_id for _ in range(20)}
+    assert len(ids) == 20 and all(len(i) >= 32 for i in ids)
+
+
+@pytest.mark.parametrize("attack", ["wrong_key", "not_enrolled", "stale", "future", "replay", "tampered"])
+def test_unauthenticated_requests_are_refused_alike_and_audited(world, attack: str) -> None:
+    authority, key, other_key, clock, root = world
+    now = clock.now
+    stranger = make_uscc("91110000100000000")
+    request = {
+        "wrong_key": lambda: GrantRequest.create(terms(), other_key, now=now),
+        "not_enrolled": lambda: GrantRequest.create(terms(stranger), key, now=now),
+        "stale": lambda: GrantRequest.create(terms(), key, now=now - timedelta(minutes=6)),
+        "future": lambda: GrantRequest.create(terms(), key, now=now + timedelta(minutes=6)),
+        "replay": lambda: GrantRequest.create(terms(), key, now=now),
+        "tampered": lambda: GrantRequest.create(terms(), key, now=now).model_copy(
+            update={"terms": terms(lender="bank-evil")}
+        ),
+    }[attack]()
+    if attack == "replay":
+        authority.grant(request)
+    with pytest.raises(NotAuthenticated) as info:
+        authority.grant(request)
+    assert str(info.value) == str(NotAuthenticated())  # the same answer whatever went wrong
+    last = events(StateFiles(root).audit_log)[-1]
+    assert last["action"] == "request_refused" and last["outcome"] == "refused"
+    assert ENTERPRISE not in StateFiles(root).audit_log.read_text()
+
+
+def test_enrolment_binds_once(world) -> None:
+    authority, _, _, clock, _ = world
+    new_key = IdentityKey.generate()
+    with pytest.raises(ConsentError):
+        authority.enrol(ENTERPRISE, new_key.public_key)
+    authority.enrol(ENTERPRISE, new_key.public_key, replace=True)
+    authority.grant(GrantRequest.create(terms(), new_key, now=clock.now))
+
+
+def test_revocation_enters_the_next_list_and_only_the_owner_can_revoke(world) -> None:
+    authority, key, other_key, clock, root = world
+    grant = authority.grant(GrantRequest.create(terms(), key, now=clock.now))
+    before = authority.publish(StateFiles(root).revocations)
+    with pytest.raises(UnknownGrant):  # another enterprise cannot revoke (or learn about) this grant
+        authority.revoke(RevocationRequest.create(OTHER, grant.grant_id, other_key, now=clock.now))
+    clock.now += timedelta(seconds=1)
+    revocation = authority.revoke(RevocationRequest.create(ENTERPRISE, grant.grant_id, key, now=clock.now))
+    after = authority.publish(StateFiles(root).revocations)
+    assert grant.grant_id not in before.revoked_ids()
+    assert after.sequence > before.sequence
+    assert after.revoked_ids() == {grant.grant_id}
+    assert revocation.revoked_at == clock.now
+    # revoking again is harmless and keeps the original time
+    again = authority.revoke(RevocationRequest.create(ENTERPRISE, grant.grant_id, key, now=clock.now + timedelta(seconds=5)))
+    assert again.revoked_at == revocation.revoked_at
+
+
+def test_expired_revocations_leave_the_list(world) -> None:
+    authority, key, _, clock, _ = world
+    grant = authority.grant(GrantRequest.create(terms(valid_until=T0 + timedelta(hours=1)), key, now=clock.now))
+    authority.revoke(RevocationRequest.create(ENTERPRISE, grant.grant_id, key, now=clock.now))
+    assert grant.grant_id in authority.revocation_list().revoked_ids()
+    clock.now += timedelta(hours=2)
+    assert grant.grant_id not in authority.revocation_list().revoked_ids()
+
+
+def test_status_shows_states_and_reported_uses(world) -> None:
+    authority, key, other_key, clock, _ = world
+    holder_key = IdentityKey.generate()
+    authority.register_holder("tax", holder_key.public_key)
+    make = lambda **o: authority.grant(GrantRequest.create(terms(**o), key, now=clock.now))  # noqa: E731
+    active, revoked, exhausted, short = make(), make(), make(), make(valid_until=T0 + timedelta(hours=1))
+    authority.grant(GrantRequest.create(terms(OTHER), other_key, now=clock.now))
+    authority.revoke(RevocationRequest.create(ENTERPRISE, revoked.grant_id, key, now=clock.now))
+    for grant, uses in ((active, 1), (exhausted, 2)):
+        authority.record_use_report(
+            UseReport(grant_id=grant.grant_id, holder="tax", uses=uses, reported_at=clock.now).signed_with(holder_key)
+        )
+    # a stale (lower) report cannot lower a count; a forged one is refused
+    authority.record_use_report(
+        UseReport(grant_id=exhausted.grant_id, holder="tax", uses=0, reported_at=clock.now).signed_with(holder_key)
+    )
+    with pytest.raises(BadSignature):
+        authority.record_use_report(
+            UseReport(grant_id=active.grant_id, holder="tax", uses=9, reported_at=clock.now).signed_with(other_key)
+        )
+    clock.now += timedelta(hours=2)
+    statuses = {s.grant.grant_id: s for s in authority.status(StatusQuery.create(ENTERPRISE, key, now=clock.now))}
+    assert {g: s.state for g, s in statuses.items()} == {
+        active.grant_id: GrantState.ACTIVE,
+        revoked.grant_id: GrantState.REVOKED,
+        exhausted.grant_id: GrantState.EXHAUSTED,
+        short.grant_id: GrantState.EXPIRED,
+    }
+    assert statuses[active.grant_id].uses == 1 and statuses[exhausted.grant_id].uses == 2
+    with pytest.raises(NotAuthenticated):  # another enterprise's key cannot look
+        authority.status(StatusQuery.create(ENTERPRISE, other_key, now=clock.now))
+
+
+def test_state_survives_restart(world) -> None:
+    authority, key, _, clock, root = world
+    grant = authority.grant(GrantRequest.create(terms(), key, now=clock.now))
+    authority.revoke(RevocationRequest.create(ENTERPRISE, grant.grant_id, key, now=clock.now))
+    seq = authority.revocation_list().sequence
+    reopened = ConsentAuthority.open(root, clock=clock)
+    assert reopened.public_key == authority.public_key
+    lst = reopened.revocation_list()
+    assert lst.sequence > seq and grant.grant_id in lst.revoked_ids()
+
+
+def test_audit_log_verifies_and_holds_only_keyed_hashes(world) -> None:
+    authority, key, _, clock, root = world
+    grant = authority.grant(GrantRequest.create(terms(), key, now=clock.now))
+    authority.revoke(RevocationRequest.create(ENTERPRISE, grant.grant_id, key, now=clock.now))
+    files = StateFiles(root)
+    assert verify(files.audit_log, authority.public_key) == len(events(files.audit_log))
+    logged = events(files.audit_log)
+    assert [e["action"] for e in logged] == ["enrol", "enrol", "grant", "revoke"]
+    pseudonym = keyed_hash(load_pseudonym_key(files.pseudonym_key), ENTERPRISE)
+    assert [e["enterprise"] for e in logged[2:]] == [pseudonym, pseudonym]
+    assert ENTERPRISE not in files.audit_log.read_text() and OTHER not in files.audit_log.read_text()
