@@ -1,0 +1,110 @@
+"""``fedscore audit verify|show``: check a node's audit log and read it by enterprise, lender and time.
+
+Any node's log (holder or consent authority) is read the same way. Enterprises appear in the log
+only as keyed hashes; ``--enterprise`` computes the hash with the node's pseudonym key, so only a
+holder of that key (the node, or a regulator it hands the key to) can select one enterprise.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from crypto.audit import keyed_hash, verify
+from crypto.errors import AuditLogBroken
+from crypto.identity import IdentityPublicKey
+from protocols.consent import load_pseudonym_key
+from protocols.uscc import validate_uscc
+
+app = typer.Typer(no_args_is_help=True)
+audit_app = typer.Typer(help="Signed, hash-chained audit logs: verify them, read them.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+def verify_log(
+    log: Path = typer.Argument(..., exists=True, dir_okay=False, help="Audit log (JSON lines)."),
+    public_key: Path = typer.Option(..., "--public-key", exists=True, dir_okay=False, help="The node's identity .pub file."),
+) -> None:
+    """Check every signature and chain link; exit 1 naming the first broken entry."""
+    console = Console(highlight=False)
+    try:
+        count = verify(log, IdentityPublicKey.load(public_key))
+    except AuditLogBroken as exc:
+        console.print(f"[red]broken[/] at entry {exc.index}: {exc.reason}")
+        raise typer.Exit(1) from None
+    console.print(f"[green]ok[/] {count} entries, chain and signatures intact")
+
+
+def _instant(text: str, option: str) -> datetime:
+    """ISO date or date-time; without a zone it is taken as UTC."""
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not an ISO date (2025-03-01) or date-time", param_hint=option) from None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def _entries(log: Path) -> Iterator[dict[str, Any]]:
+    for index, line in enumerate(log.read_text(encoding="utf-8").splitlines()):
+        try:
+            entry = json.loads(line)
+            if not isinstance(entry["event"], dict) or not isinstance(entry["ts"], str):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            raise typer.BadParameter(f"entry {index} is not an audit entry; run 'audit verify'", param_hint="LOG") from None
+        yield entry
+
+
+def _when(entry: dict[str, Any]) -> str:
+    """The time the event happened (its own ``at`` when it has one), else when it was logged."""
+    return str(entry["event"].get("at") or entry["ts"])
+
+
+@audit_app.command("show")
+def show(
+    log: Path = typer.Argument(..., exists=True, dir_okay=False, help="Audit log (JSON lines)."),
+    enterprise: Optional[str] = typer.Option(None, "--enterprise", help="USCC; needs --key-file."),
+    key_file: Optional[Path] = typer.Option(None, "--key-file", help="The node's pseudonym key file."),
+    lender: Optional[str] = typer.Option(None, "--lender"),
+    since: Optional[str] = typer.Option(None, "--since", help="ISO date/date-time (UTC unless zoned)."),
+    until: Optional[str] = typer.Option(None, "--until", help="ISO date/date-time, exclusive."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON entry per line."),
+) -> None:
+    """List entries, filtered. Does not verify: run ``audit verify`` for that."""
+    wanted_hash: str | None = None
+    if enterprise is not None:
+        if key_file is None:
+            raise typer.BadParameter("--enterprise needs --key-file (entries hold keyed hashes only)", param_hint="--enterprise")
+        wanted_hash = keyed_hash(load_pseudonym_key(key_file), validate_uscc(enterprise))
+    start = _instant(since, "--since") if since else None
+    end = _instant(until, "--until") if until else None
+
+    def keep(entry: dict[str, Any]) -> bool:
+        event = entry["event"]
+        at = _instant(_when(entry), "LOG")
+        return (
+            (wanted_hash is None or event.get("enterprise") == wanted_hash)
+            and (lender is None or event.get("lender") == lender)
+            and (start is None or at >= start)
+            and (end is None or at < end)
+        )
+
+    selected = [(i, e) for i, e in enumerate(_entries(log)) if keep(e)]
+    if as_json:
+        for _, entry in selected:
+            print(json.dumps(entry, ensure_ascii=False, sort_keys=True))
+        return
+    table = Table("#", "at", "action", "outcome", "reason", "lender", "purpose", "holder", "grant")
+    for index, entry in selected:
+        ev = entry["event"]
+        cells = [_when(entry)] + [ev.get(k) for k in ("action", "outcome", "reason", "lender", "purpose", "holder")]
+        grant = ev.get("grant_id")
+        table.add_row(str(index), *(str(c) if c is not None else "" for c in cells), grant[:10] + "…" if grant else "")
+    Console(highlight=False, width=160).print(table)

@@ -1,0 +1,105 @@
+"""``audit verify`` finds the first edited entry; ``audit show`` filters by enterprise (keyed hash),
+lender and time without the log ever holding a raw USCC."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from crypto.audit import AuditLog, keyed_hash
+from crypto.identity import IdentityKey
+from participants.audit_cli import app
+from protocols.consent import create_pseudonym_key, load_pseudonym_key
+from protocols.uscc import make_uscc
+
+T0 = datetime(2025, 3, 1, 8, 0, tzinfo=timezone.utc)
+A = make_uscc("91350100M000100Y4")
+B = make_uscc("91440300708461136")
+runner = CliRunner()
+
+
+@pytest.fixture
+def node(tmp_path: Path):
+    key = IdentityKey.generate()
+    key.public_key.save(tmp_path / "node.pub")
+    pseudonym = create_pseudonym_key(tmp_path / "pseudonym.key")
+    log = AuditLog(tmp_path / "audit.jsonl", key)
+    plan = [(A, "bank-a", 0), (B, "bank-a", 1), (A, "bank-b", 2), (A, "bank-a", 3), (B, "bank-b", 4)]
+    for uscc, lender, day in plan:
+        log.append({
+            "action": "use", "node": "tax", "outcome": "allowed", "lender": lender, "purpose": "scoring",
+            "enterprise": keyed_hash(pseudonym, uscc), "at": (T0 + timedelta(days=day)).isoformat(),
+        })
+    log.close()
+    return tmp_path, plan
+
+
+def invoke(*args: str):
+    return runner.invoke(app, ["audit", *map(str, args)])
+
+
+def shown(result) -> list[dict]:
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in result.output.splitlines()]
+
+
+def test_verify_accepts_an_intact_log(node) -> None:
+    root, plan = node
+    result = invoke("verify", root / "audit.jsonl", "--public-key", root / "node.pub")
+    assert result.exit_code == 0 and f"{len(plan)} entries" in result.output
+
+
+@pytest.mark.parametrize("index", [0, 2, 4])
+def test_verify_names_the_edited_entry(node, index: int) -> None:
+    root, _ = node
+    path = root / "audit.jsonl"
+    lines = path.read_text().splitlines()
+    lines[index] = lines[index].replace('"outcome":"allowed"', '"outcome":"refused"')
+    path.write_text("\n".join(lines) + "\n")
+    result = invoke("verify", path, "--public-key", root / "node.pub")
+    assert result.exit_code == 1
+    assert f"at entry {index}:" in result.output
+
+
+def test_verify_rejects_a_log_from_another_node(node) -> None:
+    root, _ = node
+    IdentityKey.generate().public_key.save(root / "other.pub")
+    result = invoke("verify", root / "audit.jsonl", "--public-key", root / "other.pub")
+    assert result.exit_code == 1 and "at entry 0:" in result.output
+
+
+def test_show_filters_by_enterprise_via_keyed_hash(node) -> None:
+    root, plan = node
+    rows = shown(invoke("show", root / "audit.jsonl", "--enterprise", A, "--key-file", root / "pseudonym.key", "--json"))
+    assert len(rows) == sum(1 for uscc, _, _ in plan if uscc == A)
+    assert {r["event"]["enterprise"] for r in rows} == {keyed_hash(load_pseudonym_key(root / "pseudonym.key"), A)}
+    assert A not in (root / "audit.jsonl").read_text() and B not in (root / "audit.jsonl").read_text()
+
+
+def test_show_enterprise_needs_the_key(node) -> None:
+    root, _ = node
+    result = invoke("show", root / "audit.jsonl", "--enterprise", A)
+    assert result.exit_code != 0 and "--key-file" in result.output
+
+
+def test_show_filters_by_lender_and_time(node) -> None:
+    root, plan = node
+    log = root / "audit.jsonl"
+    by_lender = shown(invoke("show", log, "--lender", "bank-b", "--json"))
+    assert len(by_lender) == sum(1 for _, lender, _ in plan if lender == "bank-b")
+    assert {r["event"]["lender"] for r in by_lender} == {"bank-b"}
+    window = shown(invoke("show", log, "--since", "2025-03-02", "--until", "2025-03-04", "--json"))
+    assert [r["seq"] for r in window] == [i for i, (_, _, day) in enumerate(plan) if 1 <= day < 3]
+    combined = shown(invoke("show", log, "--lender", "bank-a", "--since", "2025-03-02T00:00:00Z", "--json"))
+    assert [r["seq"] for r in combined] == [i for i, (_, lender, day) in enumerate(plan) if lender == "bank-a" and day >= 1]
+
+
+def test_show_table_and_bad_date(node) -> None:
+    root, plan = node
+    result = invoke("show", root / "audit.jsonl")
+    assert result.exit_code == 0 and result.output.count("scoring") == len(plan)
+    assert invoke("show", root / "audit.jsonl", "--since", "yesterday").exit_code != 0
