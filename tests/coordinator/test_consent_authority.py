@@ -197,3 +197,35 @@ def test_audit_log_verifies_and_holds_only_keyed_hashes(world) -> None:
     pseudonym = keyed_hash(load_pseudonym_key(files.pseudonym_key), ENTERPRISE)
     assert [e["enterprise"] for e in logged[2:]] == [pseudonym, pseudonym]
     assert ENTERPRISE not in files.audit_log.read_text() and OTHER not in files.audit_log.read_text()
+
+
+def test_cli_lifecycle(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from coordinator.consent_cli import app
+    from protocols.consent import Grant, SignedRevocationList
+
+    runner = CliRunner()
+    state, key = tmp_path / "state", tmp_path / "sme.key"
+
+    def run(*args: str):
+        result = runner.invoke(app, ["consent", *map(str, args), "--state-dir", str(state)])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    run("enrol", ENTERPRISE, "--key-file", key)
+    run("grant", ENTERPRISE, "--key-file", key, "--lender", "bank-a", "--purpose", "scoring",
+        "--holder", "tax", "--holder", "utility", "--max-uses", "3", "--out", tmp_path / "g.json")
+    grant = Grant.model_validate_json((tmp_path / "g.json").read_text())
+    grant.verify(IdentityPublicKey.load(StateFiles(state).public_key))
+    assert grant.terms.holders == ("tax", "utility") and grant.terms.max_uses == 3
+    states = [json.loads(line) for line in run("status", ENTERPRISE, "--key-file", key, "--json").splitlines()]
+    assert [(s["grant_id"], s["state"]) for s in states] == [(grant.grant_id, "active")]
+    run("revoke", ENTERPRISE, grant.grant_id, "--key-file", key)
+    states = [json.loads(line) for line in run("status", ENTERPRISE, "--key-file", key, "--json").splitlines()]
+    assert [s["state"] for s in states] == ["revoked"]
+    published = SignedRevocationList.model_validate_json(StateFiles(state).revocations.read_text())
+    assert grant.grant_id in published.revoked_ids()
+    listed = [Grant.model_validate_json(line) for line in run("list", ENTERPRISE, "--key-file", key, "--json").splitlines()]
+    assert listed == [grant]
+    assert ENTERPRISE not in StateFiles(state).audit_log.read_text()
