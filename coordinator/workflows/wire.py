@@ -1,0 +1,55 @@
+"""Message types and record keys of horizontal training, as the coordinator speaks them.
+
+The participant side (``participants.handlers.horizontal``) declares the same names; a contract
+test keeps the two in step (the role packages never import each other).
+
+Exchange, one Flower message round per line (deployment rounds cost seconds, so few and fat):
+
+1. ``query.hfl_hello``      → each node: participant name, X25519 wrap key, Ed25519 identity key, sizes
+2. ``query.hfl_keygen``     → key holder: peers' wrap keys; ← public context + one wrapped key per peer
+3. ``query.hfl_keyinstall`` → each other node: its wrapped key (the coordinator relays, cannot unwrap)
+4. ``train.hfl_fit`` × R    → aggregate of the previous round (ciphertext); ← encrypted weighted update
+                              + validation metrics of the model the round started from
+5. ``evaluate.hfl_final``   → final aggregate; ← metrics of the final model (+ weights if published)
+"""
+
+from __future__ import annotations
+
+MSG_HELLO = "query.hfl_hello"
+MSG_KEYGEN = "query.hfl_keygen"
+MSG_KEYINSTALL = "query.hfl_keyinstall"
+MSG_FIT = "train.hfl_fit"
+MSG_FINAL = "evaluate.hfl_final"
+
+REC_CONFIG = "config"  # ConfigRecord: small scalars and names
+REC_PAYLOAD = "payload"  # ConfigRecord: bytes (ciphertexts, keys, contexts)
+REC_ARRAYS = "arrays"  # ArrayRecord: float64 vectors (plaintext mode, published weights)
+REC_METRICS = "metrics"  # MetricRecord: metrics only, never rows
+
+# config keys
+K_PARTICIPANT = "participant"
+K_ROUND = "round"
+K_KEY_ID = "key-id"
+K_HOLDER = "holder"
+K_PEERS = "peers"
+K_VERSION = "version"
+K_PUBLISH = "publish"
+K_NUM_TRAIN = "num-train"
+K_NUM_VAL = "num-val"
+K_NUM_FEATURES = "num-features"
+K_NUM_PARAMS = "num-params"
+# payload keys
+P_WRAP_KEY = "wrap-key"
+P_IDENTITY_KEY = "identity-key"
+P_PEER_WRAP_KEYS = "peer-wrap-keys"
+P_PUBLIC_CONTEXT = "public-context"
+P_WRAPPED = "wrapped"
+P_HOLDER_IDENTITY = "holder-identity"
+P_AGGREGATE = "aggregate"
+P_UPDATE = "update"
+# array keys
+A_AGGREGATE = "aggregate"
+A_UPDATE = "update"
+A_WEIGHTS = "weights"
+
+ALL_NAMES: dict[str, str] = {k: v for k, v in dict(globals()).items() if k.isupper() and isinstance(v, str)}
