@@ -19,7 +19,9 @@ from rich.console import Console
 _SUBCOMMANDS = (
     "protocols.cli",
     "participants.cli",
+    "participants.audit_cli",
     "coordinator.cli",
+    "coordinator.consent_cli",
 )
 
 for _name, _value in {
