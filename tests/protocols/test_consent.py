@@ -104,6 +104,7 @@ def test_grant_survives_json_round_trip_and_verifies() -> None:
         (("terms", "holders"), "all"),
         (("grant_id",), new_grant_id()),
     ],
+    ids=["lender", "max_uses", "holders", "grant_id"],  # stable ids: the grant id value is random
 )
 def test_any_edited_field_breaks_the_signature(path: tuple[str, ...], value: object) -> None:
     data = signed_grant().model_dump(mode="json")
