@@ -1,0 +1,268 @@
+"""Scoring responder: a data holder's long-lived gRPC service that answers the gateway with
+ciphertexts only.
+
+For each request it checks consent per enterprise (purpose ``scoring``, the lender the gateway
+authenticated), looks the enterprises up in its precomputed bottom outputs, and encrypts the
+(n × d) block under the lender's public context: a zero row for an enterprise it may not use or
+does not know, so the reply has the same shape and cost either way and says nothing about whether
+the holder knows the enterprise. Only consent refusal reasons travel in clear; they depend only on
+the grant and the request.
+
+Bottom outputs are computed once per model at start-up (``EmbeddingTable``): a request then costs
+a dictionary lookup and the encryption. Only the gateway (certificate common name
+``scoring-gateway`` by default) may call; every request carries a fresh stamp (replay guard).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from concurrent import futures
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import grpc
+import numpy as np
+import pandas as pd
+
+from crypto.ckks_keys import PublicContext, encrypt_columns, encrypt_vector
+from crypto.errors import CryptoError
+from participants.model_store import LocalModelStore, ModelStoreError
+from protocols._grpc import scoring_pb2 as pb
+from protocols._grpc import scoring_pb2_grpc as pb_grpc
+from protocols.consent import ConsentDecision, Purpose
+from protocols.errors import InvalidUSCC, ProtocolError
+from protocols.scoring import (
+    InvalidRequest,
+    MutualTls,
+    NotAuthorized,
+    ReplayGuard,
+    RequestTooLarge,
+    ScoringError,
+    ScoringLimits,
+    UnknownKey,
+    UnknownModel,
+    grpc_options,
+    peer_name,
+    status_name,
+)
+from protocols.uscc import validate_uscc
+
+__all__ = ["ConsentChecker", "EmbeddingTable", "ResponderCore", "ResponderService", "serve_responder", "RunningServer"]
+
+log = logging.getLogger(__name__)
+
+GATEWAY_NAME = "scoring-gateway"
+
+
+class ConsentChecker(Protocol):
+    """What the responder needs of :class:`participants.consent.ConsentGuard`."""
+
+    def check(self, grant, *, enterprise: str, lender: str, purpose, holder: str) -> ConsentDecision: ...
+
+
+@dataclass(frozen=True)
+class EmbeddingTable:
+    """Bottom outputs of every enterprise this holder knows, for one model version."""
+
+    ref: str
+    index: Mapping[str, int]
+    matrix: np.ndarray  # rows × out_dim
+
+    @property
+    def out_dim(self) -> int:
+        return int(self.matrix.shape[1])
+
+    @classmethod
+    def build(cls, store: LocalModelStore, ref: str, features: pd.DataFrame) -> "EmbeddingTable":
+        bottom = store.load_bottom(ref)
+        matrix = bottom.embed(features) if len(features) else np.zeros((0, bottom.model.out_dim))
+        return cls(ref, {str(u): i for i, u in enumerate(features.index)}, np.asarray(matrix, dtype=np.float64))
+
+    def lookup(self, usccs: Sequence[str], allowed: Sequence[bool]) -> np.ndarray:
+        out = np.zeros((len(usccs), self.out_dim), dtype=np.float64)
+        for i, (u, ok) in enumerate(zip(usccs, allowed)):
+            row = self.index.get(u) if ok else None
+            if row is not None:
+                out[i] = self.matrix[row]
+        return out
+
+
+class ResponderCore:
+    """One holder's request logic without transport (tests drive it directly)."""
+
+    def __init__(
+        self,
+        name: str,
+        models: Mapping[str, EmbeddingTable] | Callable[[str], EmbeddingTable],
+        consent: ConsentChecker,
+        *,
+        limits: ScoringLimits | None = None,
+        max_keys: int = 64,
+    ) -> None:
+        self.name = name
+        self.limits = limits or ScoringLimits()
+        self._models = models
+        self._model_cache: dict[str, EmbeddingTable] = {}
+        self._consent = consent
+        self._keys: OrderedDict[str, PublicContext] = OrderedDict()
+        self._max_keys = max_keys
+        self._lock = threading.Lock()
+
+    # keys ------------------------------------------------------------------------------------
+    def install_key(self, public_context: bytes) -> str:
+        if len(public_context) > self.limits.max_context_bytes:
+            raise RequestTooLarge(f"public context of {len(public_context)} bytes exceeds {self.limits.max_context_bytes}")
+        try:
+            ctx = PublicContext.from_bytes(public_context)
+        except CryptoError as exc:
+            raise InvalidRequest(f"public context refused: {exc}") from None
+        with self._lock:
+            self._keys[ctx.key_id] = ctx
+            self._keys.move_to_end(ctx.key_id)
+            while len(self._keys) > self._max_keys:
+                self._keys.popitem(last=False)
+        return ctx.key_id
+
+    def key(self, key_id: str) -> PublicContext:
+        with self._lock:
+            ctx = self._keys.get(key_id)
+        if ctx is None:
+            raise UnknownKey(f"key {key_id[:16]} is not installed at {self.name}")
+        return ctx
+
+    def model(self, ref: str) -> EmbeddingTable:
+        table = self._model_cache.get(ref)
+        if table is not None:
+            return table
+        try:
+            table = self._models[ref] if isinstance(self._models, Mapping) else self._models(ref)
+        except (KeyError, ModelStoreError):
+            raise UnknownModel(f"model {ref!r} is not available at {self.name}") from None
+        self._model_cache[ref] = table
+        return table
+
+    # requests --------------------------------------------------------------------------------
+    def contribute(
+        self, *, key_id: str, model_ref: str, lender: str, layout: str, usccs: Sequence[str], grants: Sequence[str]
+    ) -> tuple[list[bytes], int, dict[int, str]]:
+        """Encrypted bottom outputs for a batch, and the consent refusals by subject index."""
+        if layout not in ("packed", "columns"):
+            raise InvalidRequest(f"layout {layout!r} is not 'packed' or 'columns'")
+        if len(usccs) > self.limits.max_subjects:
+            raise RequestTooLarge(f"{len(usccs)} enterprises in one request; at most {self.limits.max_subjects}")
+        if not usccs:
+            raise InvalidRequest("request names no enterprise")
+        ctx = self.key(key_id)
+        table = self.model(model_ref)
+        codes: list[str] = []
+        for i, code in enumerate(usccs):
+            try:
+                codes.append(validate_uscc(code))
+            except InvalidUSCC as exc:
+                raise InvalidRequest(f"subject {i}: invalid USCC: {exc.rule}") from None
+        refusals: dict[int, str] = {}
+        allowed: list[bool] = []
+        for i, (code, grant) in enumerate(zip(codes, grants, strict=True)):
+            decision = self._consent.check(
+                grant, enterprise=code, lender=lender, purpose=Purpose.SCORING, holder=self.name
+            )
+            allowed.append(decision.allowed)
+            if not decision.allowed:
+                refusals[i] = decision.reason.value if decision.reason is not None else "refused"
+        block = table.lookup(codes, allowed)
+        if layout == "packed":
+            envelopes = [encrypt_vector(ctx, block.T.ravel()).to_bytes()]
+        else:
+            envelopes = [v.to_bytes() for v in encrypt_columns(ctx, block)]
+        return envelopes, table.out_dim, refusals
+
+
+def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
+    code = getattr(grpc.StatusCode, status_name(exc))
+    context.abort(code, str(exc) if code != grpc.StatusCode.INTERNAL else "internal error")
+
+
+class ResponderService(pb_grpc.ScoringResponderServicer):
+    """gRPC face of :class:`ResponderCore`: caller authorisation, replay guard, status mapping."""
+
+    def __init__(self, core: ResponderCore, *, allowed_callers: Sequence[str] = (GATEWAY_NAME,)) -> None:
+        self.core = core
+        self.allowed = frozenset(allowed_callers)
+        self.replay = ReplayGuard(core.limits.replay_window_s)
+
+    def _admit(self, stamp: pb.Stamp, context: grpc.ServicerContext) -> str:
+        caller = peer_name(context)
+        if caller is None or caller not in self.allowed:
+            raise NotAuthorized("only the scoring gateway may call a responder")
+        self.replay.check(caller, stamp.request_id, stamp.issued_at_ms)
+        return caller
+
+    def InstallKey(self, request: pb.InstallKeyRequest, context: grpc.ServicerContext) -> pb.InstallKeyResponse:
+        try:
+            self._admit(request.stamp, context)
+            return pb.InstallKeyResponse(key_id=self.core.install_key(request.public_context))
+        except (ScoringError, ProtocolError, CryptoError) as exc:
+            _abort(context, exc)
+        except Exception:  # never leak internals (or data) in a status message
+            log.exception("InstallKey failed")
+            _abort(context, RuntimeError())
+        raise AssertionError("unreachable")
+
+    def Contribute(self, request: pb.ContributeRequest, context: grpc.ServicerContext) -> pb.ContributeResponse:
+        try:
+            self._admit(request.stamp, context)
+            envelopes, out_dim, refusals = self.core.contribute(
+                key_id=request.key_id,
+                model_ref=request.model_ref,
+                lender=request.lender,
+                layout=request.layout,
+                usccs=[s.uscc for s in request.subjects],
+                grants=[s.grant_json for s in request.subjects],
+            )
+            return pb.ContributeResponse(holder=self.core.name, envelopes=envelopes, out_dim=out_dim, refusals=refusals)
+        except (ScoringError, ProtocolError, CryptoError) as exc:
+            _abort(context, exc)
+        except Exception:
+            log.exception("Contribute failed")
+            _abort(context, RuntimeError())
+        raise AssertionError("unreachable")
+
+
+@dataclass
+class RunningServer:
+    """A started gRPC server and the port it bound (0 in the address = pick a free port)."""
+
+    server: grpc.Server
+    port: int
+    extra: dict = field(default_factory=dict)
+
+    def stop(self, grace: float | None = 0.5) -> None:
+        self.server.stop(grace).wait()
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
+
+
+def serve_responder(
+    core: ResponderCore,
+    address: str,
+    tls: MutualTls,
+    *,
+    allowed_callers: Sequence[str] = (GATEWAY_NAME,),
+    workers: int = 8,
+) -> RunningServer:
+    """Start the responder on ``address`` with mutual TLS; returns at once (call ``.wait()``)."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"responder-{core.name}"),
+        options=grpc_options(core.limits),
+        maximum_concurrent_rpcs=workers * 4,
+    )
+    pb_grpc.add_ScoringResponderServicer_to_server(ResponderService(core, allowed_callers=allowed_callers), server)
+    port = server.add_secure_port(address, tls.server_credentials())
+    if port == 0:
+        raise OSError(f"cannot bind scoring responder to {address}")
+    server.start()
+    return RunningServer(server, port)

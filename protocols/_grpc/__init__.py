@@ -1,0 +1,1 @@
+"""Generated gRPC stubs for protocols/*.proto (regenerate with ``python -m protocols._grpc.generate``)."""
