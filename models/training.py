@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import copy
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -40,6 +41,7 @@ class TrainConfig(BaseModel):
     patience: int = Field(default=15, ge=1, description="epochs without validation-loss improvement")
     min_delta: float = Field(default=1e-5, ge=0)
     seed: int = 0
+    threads: int | None = Field(default=1, ge=1, description="torch intra-op threads; None = unchanged")
 
 
 @dataclass
@@ -58,6 +60,24 @@ class LocalUpdate:
     num_examples: int
     epochs: int
     loss: float
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run with ``n`` intra-op threads (None = leave as is), restoring the setting afterwards.
+
+    The models here are tiny: extra threads buy nothing and, when several clients or test workers
+    share two cores, OpenMP spin-waiting makes training an order of magnitude slower.
+    """
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -115,6 +135,11 @@ def _safe_metrics(y: np.ndarray, p: np.ndarray) -> Metrics | None:
 def fit(model: nn.Module, X: Any, y: Any, config: TrainConfig | None = None) -> TrainResult:
     """Train ``model`` (any module mapping features to logits) and restore its best weights."""
     cfg = config or TrainConfig()
+    with torch_threads(cfg.threads):
+        return _fit(model, X, y, cfg)
+
+
+def _fit(model: nn.Module, X: Any, y: Any, cfg: TrainConfig) -> TrainResult:
     x_t, y_t = to_tensors(X, y)
     assert y_t is not None
     _check_width(model, x_t)
@@ -208,6 +233,7 @@ def local_update(
     weight_decay: float = 0.0,
     optimizer: Literal["adam", "sgd"] = "adam",
     seed: int = 0,
+    threads: int | None = 1,
 ) -> LocalUpdate:
     """Train ``model`` in place for ``epochs`` local epochs (FedAvg; FedProx when ``proximal_mu > 0``).
 
@@ -221,6 +247,15 @@ def local_update(
         raise InvalidInput(f"lr must be > 0, got {lr}")
     if proximal_mu < 0:
         raise InvalidInput(f"proximal_mu must be >= 0, got {proximal_mu}")
+    with torch_threads(threads):
+        return _local_update(model, X, y, epochs, lr, proximal_mu, global_params, batch_size, weight_decay,
+                             optimizer, seed)
+
+
+def _local_update(
+    model: nn.Module, X: Any, y: Any, epochs: int, lr: float, proximal_mu: float, global_params: Any,
+    batch_size: int | None, weight_decay: float, optimizer: str, seed: int,
+) -> LocalUpdate:
     x_t, y_t = to_tensors(X, y)
     assert y_t is not None
     _check_width(model, x_t)
@@ -265,5 +300,6 @@ __all__ = [
     "predict_proba",
     "seed_everything",
     "to_tensors",
+    "torch_threads",
     "unflatten_params",
 ]

@@ -23,7 +23,7 @@ from models.logistic import LogisticRegression
 from models.metrics import evaluate
 from models.mlp import MLP
 from models.preprocessing import Preprocessor
-from models.training import TrainConfig, fit, predict_proba
+from models.training import TrainConfig, fit, predict_proba, torch_threads
 from participants.datasets.errors import DatasetError
 from participants.datasets.prepare import PreparedPart, prepare_part, split_ids
 
@@ -65,10 +65,11 @@ def _score(
     X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, y_test: np.ndarray, seed: int,
 ) -> BaselineRow:
     start = time.perf_counter()
-    torch.manual_seed(seed)  # initial weights depend on the global generator
-    model = MODEL_FACTORIES[model_name](X_train.shape[1])
-    fit(model, X_train, y_train, train_config(model_name, seed))
-    metrics = evaluate(y_test, predict_proba(model, X_test))
+    with torch_threads(1):
+        torch.manual_seed(seed)  # initial weights depend on the global generator
+        model = MODEL_FACTORIES[model_name](X_train.shape[1])
+        fit(model, X_train, y_train, train_config(model_name, seed))
+        metrics = evaluate(y_test, predict_proba(model, X_test))
     return BaselineRow(
         dataset=dataset, features=features, n_features=X_train.shape[1], model=model_name,
         auc=metrics.auc, ks=metrics.ks, gini=metrics.gini, n_train=len(y_train), n_test=len(y_test),

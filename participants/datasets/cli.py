@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from models.errors import ModelError
 from participants.datasets.baseline import BaselineRow, run_horizontal, run_vertical, split_horizontal
 from participants.datasets.errors import DatasetError
 
@@ -98,11 +99,11 @@ def baseline(
     as_json: bool = typer.Option(False, "--json", help="Print the rows as a JSON array."),
 ) -> None:
     """Train pooled and single-participant logistic regression and MLP; report AUC, KS, Gini."""
-    import torch
-
-    torch.set_num_threads(1)  # tiny models: threads only add contention
     start = time.perf_counter()
-    rows = baseline_rows(dataset, config, seed, test_size)
+    try:
+        rows = baseline_rows(dataset, config, seed, test_size)
+    except ModelError as exc:  # bad data reaching a model: one line, not a traceback
+        raise DatasetError(f"{dataset.value}: {exc}") from None
     if as_json:
         print(json.dumps([r.model_dump() for r in rows], indent=2))
         return

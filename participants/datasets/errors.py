@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from protocols.errors import ConfigError
+from protocols.errors import DataError
 
 
-class DatasetError(ConfigError):
+class DatasetError(DataError):
     """A public data set is missing, unreadable or not what its SOURCE.md documents."""

@@ -53,9 +53,10 @@ def _records_path(p: ParticipantConfig) -> Path:
 def _to_uscc(raw_ids: pd.Series, id_format: str, namespace: str, where: str) -> pd.Index:
     if id_format == "uscc":
         codes = raw_ids.astype(str).str.strip().str.upper()
-        bad = codes[~codes.map(is_valid_uscc)]
-        if len(bad):
-            raise DatasetError(f"{where}: {len(bad)} invalid USCC(s), first {bad.iloc[0]!r}")
+        valid = codes.map(is_valid_uscc).to_numpy(dtype=bool)
+        if not valid.all():
+            row = int(np.flatnonzero(~valid)[0]) + 1
+            raise DatasetError(f"{where}: row {row}: id is not a valid USCC ({int((~valid).sum())} invalid)")
         return pd.Index(codes, name=ID_COLUMN)
     numeric = pd.to_numeric(raw_ids, errors="coerce")
     if numeric.isna().any() or not np.all(np.equal(np.mod(numeric, 1), 0)):

@@ -49,9 +49,10 @@ def synthetic_uscc(namespace: str, index: int) -> str:
 def synthetic_usccs(namespace: str, indices: Iterable[int]) -> list[str]:
     prefix = _prefix(namespace)
     out = []
-    for index in indices:
+    for position, index in enumerate(indices, start=1):
         i = int(index)
         if not 0 <= i <= MAX_ID or i != index:
-            raise DatasetError(f"id {index!r} cannot be mapped to a USCC (need an integer in 0..{MAX_ID})")
+            raise DatasetError(f"id at position {position} cannot be mapped to a USCC "
+                               f"(need an integer in 0..{MAX_ID})")
         out.append(make_uscc(prefix + _base31(i)))
     return out
