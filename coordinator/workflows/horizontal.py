@@ -116,7 +116,9 @@ class _Setup:
     wrap_keys: dict[str, bytes]
     identity_keys: dict[str, bytes]
     key_holder: str | None = None
+    key_id: str | None = None
     public_context: PublicContext | None = None
+    pending_keys: dict[str, bytes] = field(default_factory=dict)
     dropped: list[str] = field(default_factory=list)
 
 
@@ -187,9 +189,11 @@ def _hello(grid: Grid, nodes: list[int], cfg: HorizontalConfig) -> _Setup:
 
 
 def _key_setup(grid: Grid, setup: _Setup, cfg: HorizontalConfig) -> None:
-    """One participant generates the aggregation key and wraps it for the others; we relay.
+    """One participant generates the aggregation key and wraps it for the others.
 
-    Tries holders in name order, so a holder that fails does not end the run.
+    Tries holders in name order, so a holder that fails does not end the run. The wrapped keys are
+    relayed on each peer's training messages (see :func:`_attach_pending_key`) -- one message
+    round saved; we cannot open them (X25519 + AES-GCM for the peer, signed by the holder).
     """
     by_name = {name: nid for nid, name in setup.names.items()}
     for holder in sorted(by_name):
@@ -210,29 +214,25 @@ def _key_setup(grid: Grid, setup: _Setup, cfg: HorizontalConfig) -> None:
         wrapped = list(payload[wire.P_WRAPPED])
         if len(wrapped) != len(peers):
             raise ProtocolViolation(f"key holder {holder} wrapped {len(wrapped)} keys for {len(peers)} peers")
-        plan = [
-            (
-                by_name[peer],
-                RecordDict(
-                    {
-                        wire.REC_CONFIG: ConfigRecord({wire.K_HOLDER: holder, wire.K_KEY_ID: key_id}),
-                        wire.REC_PAYLOAD: ConfigRecord(
-                            {wire.P_WRAPPED: bytes(blob), wire.P_HOLDER_IDENTITY: setup.identity_keys[holder]}
-                        ),
-                    }
-                ),
-            )
-            for peer, blob in zip(peers, wrapped)
-        ]
-        installed = _exchange(grid, plan, wire.MSG_KEYINSTALL, setup.names, group="setup", timeout=cfg.round_timeout)
-        for r in installed:
-            if not r.ok:
-                setup.dropped.append(r.participant)
-                setup.names.pop(r.node_id, None)
+        setup.pending_keys = {peer: bytes(blob) for peer, blob in zip(peers, wrapped)}
+        setup.key_id = key_id
         setup.key_holder = holder
         setup.public_context = ctx
         return
     raise ProtocolViolation("no participant could generate the aggregation key")
+
+
+def _attach_pending_key(content: RecordDict, name: str, setup: _Setup) -> None:
+    """Add ``name``'s wrapped key to its message until it has answered a round (then it has it)."""
+    blob = setup.pending_keys.get(name)
+    if blob is None or setup.key_holder is None:
+        return
+    content[wire.REC_CONFIG][wire.K_HOLDER] = setup.key_holder
+    content[wire.REC_CONFIG][wire.K_KEY_ID] = setup.key_id or ""
+    payload = content.get(wire.REC_PAYLOAD) or ConfigRecord()
+    payload[wire.P_WRAPPED] = blob
+    payload[wire.P_HOLDER_IDENTITY] = setup.identity_keys[setup.key_holder]
+    content[wire.REC_PAYLOAD] = payload
 
 
 def _decrypt_check(aggregator: CkksSum, ctx: PublicContext) -> str:
@@ -271,6 +271,8 @@ def run(grid: Grid, context: Context) -> TrainingSummary:
              run_id, len(nodes), cfg.rounds, cfg.model, cfg.strategy, cfg.encrypted)
 
     setup = _hello(grid, nodes, cfg)
+    log.info("setup: %d participant(s) answered (%.1fs)%s", len(setup.names), time.monotonic() - started,
+             f"; dropped: {', '.join(sorted(setup.dropped))}" if setup.dropped else "")
     if len(setup.names) < cfg.min_nodes:
         raise ProtocolViolation(f"only {len(setup.names)} participant(s) answered setup; min-nodes is {cfg.min_nodes}")
     public_config = cfg.model_dump(by_alias=True, exclude={"state_dir", "result_file"})
@@ -321,9 +323,13 @@ def _train(
     for server_round in range(1, cfg.rounds + 1):
         t0 = time.monotonic()
         plan = strategy.configure_train(server_round, sorted(setup.names), aggregate)
-        for _, content in plan:
+        for nid, content in plan:
             content[wire.REC_CONFIG]["weight-scale"] = weight_scale
+            _attach_pending_key(content, setup.names[nid], setup)
         replies = _exchange(grid, plan, wire.MSG_FIT, setup.names, group=str(server_round), timeout=cfg.round_timeout)
+        for r in replies:
+            if r.ok:
+                setup.pending_keys.pop(r.participant, None)
         outcome: RoundOutcome = strategy.aggregate_train(server_round, replies)
         aggregate = outcome.aggregate
         if outcome.dropped:

@@ -7,17 +7,19 @@ Exchange, one Flower message round per line (deployment rounds cost seconds, so 
 
 1. ``query.hfl_hello``      → each node: participant name, X25519 wrap key, Ed25519 identity key, sizes
 2. ``query.hfl_keygen``     → key holder: peers' wrap keys; ← public context + one wrapped key per peer
-3. ``query.hfl_keyinstall`` → each other node: its wrapped key (the coordinator relays, cannot unwrap)
-4. ``train.hfl_fit`` × R    → aggregate of the previous round (ciphertext); ← encrypted weighted update
-                              + validation metrics of the model the round started from
-5. ``evaluate.hfl_final``   → final aggregate; ← metrics of the final model (+ weights if published)
+3. ``train.hfl_fit`` × R    → aggregate of the previous round (ciphertext) and, until a node has
+                              answered once, its wrapped aggregation key (relayed, never unwrapped
+                              here); ← encrypted weighted update + validation metrics of the model
+                              the round started from
+4. ``evaluate.hfl_final``   → final aggregate; ← metrics of the final model (+ weights if published)
+
+Setup therefore costs two message rounds, and R training rounds cost R + 1 more.
 """
 
 from __future__ import annotations
 
 MSG_HELLO = "query.hfl_hello"
 MSG_KEYGEN = "query.hfl_keygen"
-MSG_KEYINSTALL = "query.hfl_keyinstall"
 MSG_FIT = "train.hfl_fit"
 MSG_FINAL = "evaluate.hfl_final"
 

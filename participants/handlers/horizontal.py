@@ -40,7 +40,6 @@ from protocols.errors import ConfigError, ProtocolViolation
 # --- wire names (mirrors coordinator.workflows.wire; a contract test keeps them equal) -----------
 MSG_HELLO = "query.hfl_hello"
 MSG_KEYGEN = "query.hfl_keygen"
-MSG_KEYINSTALL = "query.hfl_keyinstall"
 MSG_FIT = "train.hfl_fit"
 MSG_FINAL = "evaluate.hfl_final"
 REC_CONFIG = "config"
@@ -367,10 +366,14 @@ def handle_keygen(content: RecordDict, env: NodeEnv) -> RecordDict:
     )
 
 
-def handle_keyinstall(content: RecordDict, env: NodeEnv) -> RecordDict:
-    """Peer: verify the holder's signature, unwrap with our X25519 key, store the secret 0600."""
+def install_wrapped_key(content: RecordDict, env: NodeEnv) -> str | None:
+    """Peer: if the message carries our wrapped aggregation key, verify the holder's signature,
+    unwrap it with our X25519 key and store the secret 0600. Returns the key id installed."""
+    payload = content.get(REC_PAYLOAD)
+    if payload is None or not payload.get(P_WRAPPED):
+        return None
     _, wrap_pair = _long_term_keys(env)
-    cfg, payload = content[REC_CONFIG], content[REC_PAYLOAD]
+    cfg = content[REC_CONFIG]
     holder = str(cfg[K_HOLDER])
     key = AggregationKey.unwrap(
         payload[P_WRAPPED],
@@ -382,16 +385,19 @@ def handle_keyinstall(content: RecordDict, env: NodeEnv) -> RecordDict:
     )
     env.run_dir.mkdir(parents=True, exist_ok=True)
     key.save(_agg_key_path(env))
-    return RecordDict({REC_CONFIG: ConfigRecord({K_KEY_ID: key.key_id, K_PARTICIPANT: env.participant})})
+    return key.key_id
 
 
 def handle_fit(content: RecordDict, env: NodeEnv) -> RecordDict:
-    """One round: decrypt θ_global, score it on our validation split, train, send enc(w·θ, w)."""
+    """One round: (install our wrapped key the first time), decrypt θ_global, score it on our
+    validation split, train, send enc(w·θ, w)."""
     s = env.settings
     cfg = content[REC_CONFIG]
     server_round = int(cfg[K_ROUND])
     mu = float(cfg.get("proximal-mu", 0.0)) if cfg.get("strategy") == "fedprox" else 0.0
     weight_scale = float(cfg.get("weight-scale", 1.0))
+    if s.encrypted:
+        install_wrapped_key(content, env)
     data = load_local_data(env)
     model = build_model(s, data.num_features)
     theta_global = _global_from(content, env, model)
@@ -487,7 +493,6 @@ def _with_env(fn: Callable[[RecordDict, NodeEnv], RecordDict]) -> Callable[[Reco
 HANDLERS: dict[str, Callable[[RecordDict, Context], RecordDict]] = {
     MSG_HELLO: _with_env(handle_hello),
     MSG_KEYGEN: _with_env(handle_keygen),
-    MSG_KEYINSTALL: _with_env(handle_keyinstall),
     MSG_FIT: _with_env(handle_fit),
     MSG_FINAL: _with_env(handle_final),
 }
