@@ -1,0 +1,444 @@
+"""Multi-party ECDH-PSI as a pure state machine: message schemas, party objects, relay routing.
+
+No I/O and no Flower here: a party turns an inbox into an outbox (``start() -> [msg]``,
+``handle(inbox) -> [msg]``) until ``result`` is ready; a relay forwards messages by their ``to``
+field and reads nothing but sizes. The cryptography is :mod:`crypto.psi`.
+
+Roles: one **label holder** L (its rows are the universe) and one or more **peers** P_1..P_k. Every
+pair (L, P_j) runs ECDH-PSI; L uses one blinded set for all pairs.
+
+Flow (three relay rounds at most, each one fat Flower message per party)::
+
+    round 1  start()                  L: a·H(x) for its rows in a secret random order π  → every P_j
+                                      P_j: b_j·H(y) in a secret random order σ_j           → L
+                                      (each also sends a fresh tag-agreement public key)
+    round 2  handle(blinded)          P_j: tags of b_j·a·H(x) (direction P_j→L), π order   → L
+                                      L ("universe" mode): tags of a·b_j·H(y), σ_j order   → P_j
+    round 3  handle(tags)             "universe": everyone is done.
+                                      "intersection": L finds the rows every peer has and sends
+                                      each P_j the σ_j positions of those rows, in the shared order
+    round 4  handle(selection)        "intersection" only: P_j is done.
+
+So "universe" mode (vertical training) needs two relays of party data (rounds 2 and 3), and
+"intersection" mode one more, small, message per peer.
+
+What each party learns
+----------------------
+* **Everyone**: the size of each set it exchanges with (L learns every |Y_j|, P_j learns |X|).
+* **Universe mode.** L: for each peer, which of L's rows that peer also has (``present``). P_j:
+  which of its own rows L has, and each one's position in π — a uniformly random secret order, so
+  positions reveal nothing but |X|. P_j learns nothing about other peers.
+* **Intersection mode.** L: as in universe mode (it is the hub). P_j: only which of its own rows are
+  in the common intersection I = X ∩ Y_1 ∩ … ∩ Y_k and their order (ranks in π restricted to I).
+* **Shared order**: ascending π position. Universe mode: ``positions`` index π (size |X|);
+  intersection mode: ranks 0..|I|-1. π is drawn by L from os.urandom and never sent, so the order
+  leaks nothing beyond membership.
+* **The relay** forwards blinded points (under per-run scalars), tags (under keys from an X25519
+  agreement between the two parties it cannot derive) and index lists into secret random orders: it
+  learns |X|, every |Y_j| and, in intersection mode, |I|; it cannot match or invert anything.
+
+Input rules: every USCC is validated before any cryptography (:class:`~protocols.errors.InvalidUSCC`
+names the row, not the code); a repeated USCC (after normalisation) is rejected with
+:class:`~protocols.errors.DuplicateIdentifier` naming both rows — a customer table with duplicates is
+a data error, and silently deduplicating would misalign features. Any message out of turn, from an
+unexpected sender, for another run or with inconsistent sizes raises
+:class:`~protocols.errors.ProtocolViolation`; a malformed point from a peer raises
+:class:`crypto.errors.InvalidPoint`.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Literal, Union
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+
+from crypto.psi import POINT_BYTES, TAG_BYTES, BlindingKey, TagAgreement, TagKey, match_tags
+from protocols.errors import DuplicateIdentifier, InvalidUSCC, ProtocolViolation
+from protocols.uscc import validate_uscc
+
+__all__ = [
+    "PsiConfig",
+    "Blinded",
+    "Tags",
+    "Selection",
+    "PsiMessage",
+    "PsiResult",
+    "LabelHolder",
+    "Peer",
+    "prepare_ids",
+    "route",
+    "parse_message",
+]
+
+INDEX_BYTES = 4
+Mode = Literal["universe", "intersection"]
+_Name = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+# --------------------------------------------------------------------------------------------------
+# Schemas
+
+
+class PsiConfig(BaseModel):
+    """Everything the parties of one run agree on; the coordinator sends it to all of them."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    consortium: _Name
+    run_id: _Name
+    label_holder: _Name
+    peers: tuple[_Name, ...] = Field(min_length=1)
+    mode: Mode = "universe"
+
+    @model_validator(mode="after")
+    def _distinct(self) -> PsiConfig:
+        if len(set(self.peers)) != len(self.peers):
+            raise ValueError("peers must be distinct")
+        if self.label_holder in self.peers:
+            raise ValueError("the label holder cannot also be a peer")
+        return self
+
+    @property
+    def domain(self) -> bytes:
+        """Hash domain: ids hash differently in every consortium and run."""
+        return _encode("psi-domain", self.consortium, self.run_id)
+
+    def pair_context(self, peer: str) -> bytes:
+        """What both ends of the (label holder, peer) pair bind their tag keys to."""
+        return _encode("psi-pair", self.consortium, self.run_id, self.label_holder, peer)
+
+
+def _encode(*parts: str) -> bytes:
+    out = b""
+    for p in parts:
+        raw = p.encode()
+        out += len(raw).to_bytes(2, "big") + raw
+    return out
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_bytes="base64", val_json_bytes="base64")
+
+    run_id: _Name
+    sender: _Name
+    to: tuple[_Name, ...] = Field(min_length=1)
+    count: int = Field(ge=0, lt=2**32)
+
+
+class Blinded(_Msg):
+    """A party's own ids, hashed and blinded, in its secret random order; plus its tag-agreement key."""
+
+    kind: Literal["blinded"] = "blinded"
+    tag_key: bytes
+    values: bytes
+
+    @field_validator("tag_key")
+    @classmethod
+    def _key_size(cls, v: bytes) -> bytes:
+        if len(v) != 32:
+            raise ValueError("tag_key must be 32 bytes")
+        return v
+
+    @model_validator(mode="after")
+    def _size(self) -> Blinded:
+        if len(self.values) != POINT_BYTES * self.count:
+            raise ValueError(f"values hold {len(self.values)} bytes, expected {POINT_BYTES} x {self.count}")
+        return self
+
+
+class Tags(_Msg):
+    """Tags of the recipient's values double-blinded by the sender, in the recipient's order."""
+
+    kind: Literal["tags"] = "tags"
+    tags: bytes
+
+    @model_validator(mode="after")
+    def _size(self) -> Tags:
+        if len(self.tags) != TAG_BYTES * self.count:
+            raise ValueError(f"tags hold {len(self.tags)} bytes, expected {TAG_BYTES} x {self.count}")
+        return self
+
+
+class Selection(_Msg):
+    """Intersection mode: positions (uint32, little-endian) in the recipient's blinded order, in shared order."""
+
+    kind: Literal["selection"] = "selection"
+    indices: bytes
+
+    @model_validator(mode="after")
+    def _size(self) -> Selection:
+        if len(self.indices) != INDEX_BYTES * self.count:
+            raise ValueError(f"indices hold {len(self.indices)} bytes, expected {INDEX_BYTES} x {self.count}")
+        return self
+
+
+PsiMessage = Annotated[Union[Blinded, Tags, Selection], Field(discriminator="kind")]
+_ADAPTER: TypeAdapter[Blinded | Tags | Selection] = TypeAdapter(PsiMessage)
+
+
+def parse_message(data: str | bytes | dict[str, object]) -> Blinded | Tags | Selection:
+    """A message from its JSON (bytes as base64) or its ``model_dump()`` dict; no pickle anywhere."""
+    if isinstance(data, dict):
+        return _ADAPTER.validate_python(data)
+    return _ADAPTER.validate_json(data)
+
+
+def route(outgoing: Iterable[Blinded | Tags | Selection]) -> dict[str, list[Blinded | Tags | Selection]]:
+    """The relay's whole job: group messages by recipient. Reads ``to`` only, never the payload."""
+    inboxes: dict[str, list[Blinded | Tags | Selection]] = {}
+    for msg in outgoing:
+        for name in msg.to:
+            inboxes.setdefault(name, []).append(msg)
+    return inboxes
+
+
+# --------------------------------------------------------------------------------------------------
+# Input preparation
+
+
+def prepare_ids(ids: Sequence[str]) -> list[str]:
+    """Validated, normalised USCCs in input order; rejects invalid codes and duplicates before any crypto."""
+    out: list[str] = []
+    first_row: dict[str, int] = {}
+    duplicates: list[tuple[int, int]] = []
+    for row, code in enumerate(ids):
+        try:
+            norm = validate_uscc(code)
+        except InvalidUSCC as exc:
+            raise InvalidUSCC(f"<row {row}>", exc.rule) from None  # never echo the code itself
+        if norm in first_row:
+            duplicates.append((first_row[norm], row))
+        else:
+            first_row[norm] = row
+        out.append(norm)
+    if duplicates:
+        a, b = duplicates[0]
+        more = f" ({len(duplicates)} repeated rows in all)" if len(duplicates) > 1 else ""
+        raise DuplicateIdentifier(f"rows {a} and {b} hold the same USCC{more}; PSI input must be a set")
+    return out
+
+
+def _secret_permutation(n: int) -> np.ndarray:
+    """A uniformly random permutation from os.urandom (argsort of random 64-bit keys)."""
+    if n == 0:
+        return np.empty(0, dtype=np.int64)
+    keys = np.frombuffer(os.urandom(8 * n), dtype=np.uint64)
+    return np.argsort(keys, kind="stable").astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------------
+# Parties
+
+
+@dataclass(frozen=True)
+class PsiResult:
+    """One party's output; row numbers refer to its own input list, never ids.
+
+    ``rows[k]`` is this party's row at position ``positions[k]`` of the shared order (ascending).
+    ``size`` is the length of the shared order (|X| in universe mode, |I| in intersection mode).
+    ``present`` (label holder, universe mode): per peer, a mask over shared positions.
+    """
+
+    mode: Mode
+    size: int
+    rows: np.ndarray
+    positions: np.ndarray
+    present: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    AWAIT_BLINDED = "await-blinded"
+    AWAIT_TAGS = "await-tags"
+    AWAIT_SELECTION = "await-selection"
+    DONE = "done"
+
+
+class _Party:
+    def __init__(self, name: str, config: PsiConfig, ids: Sequence[str], *, workers: int | None) -> None:
+        self.name = name
+        self.config = config
+        self._ids = prepare_ids(ids)
+        self._workers = workers
+        self._state = _State.NEW
+        self._order = _secret_permutation(len(self._ids))
+        self._key = BlindingKey.generate()
+        self._agreement = TagAgreement()
+        self._result: PsiResult | None = None
+
+    @property
+    def done(self) -> bool:
+        return self._state is _State.DONE
+
+    @property
+    def result(self) -> PsiResult:
+        if self._result is None:
+            raise ProtocolViolation(f"{self.name}: PSI result requested in state {self._state.value}")
+        return self._result
+
+    def _expect(self, state: _State, what: str) -> None:
+        if self._state is not state:
+            raise ProtocolViolation(f"{self.name}: {what} is not accepted in state {self._state.value}")
+
+    def _blinded(self, to: Sequence[str]) -> Blinded:
+        ordered = [self._ids[i].encode("ascii") for i in self._order]
+        values = self._key.hash_and_blind(ordered, self.config.domain, workers=self._workers)
+        return Blinded(run_id=self.config.run_id, sender=self.name, to=tuple(to), count=len(ordered),
+                       tag_key=self._agreement.public_bytes, values=values)
+
+    def _collect(self, inbox: Sequence[object], kind: type[_Msg], senders: Sequence[str]) -> dict[str, _Msg]:
+        """Exactly one ``kind`` message from each of ``senders``, for this run, addressed to us."""
+        got: dict[str, _Msg] = {}
+        for msg in inbox:
+            if not isinstance(msg, kind):
+                raise ProtocolViolation(f"{self.name}: got a {type(msg).__name__} message, expected {kind.__name__}")
+            if msg.run_id != self.config.run_id:
+                raise ProtocolViolation(f"{self.name}: message from {msg.sender} belongs to another run")
+            if self.name not in msg.to:
+                raise ProtocolViolation(f"{self.name}: message from {msg.sender} is addressed to others")
+            if msg.sender not in senders:
+                raise ProtocolViolation(f"{self.name}: unexpected sender {msg.sender!r}")
+            if msg.sender in got:
+                raise ProtocolViolation(f"{self.name}: two {kind.__name__} messages from {msg.sender}")
+            got[msg.sender] = msg
+        missing = [s for s in senders if s not in got]
+        if missing:
+            raise ProtocolViolation(f"{self.name}: missing {kind.__name__} from {', '.join(missing)}")
+        return got
+
+
+class LabelHolder(_Party):
+    """The party whose rows are the universe; it talks to every peer."""
+
+    def __init__(self, config: PsiConfig, ids: Sequence[str], *, workers: int | None = None) -> None:
+        super().__init__(config.label_holder, config, ids, workers=workers)
+        self._kept: dict[str, bytes] = {}
+        self._peer_sizes: dict[str, int] = {}
+
+    def start(self) -> list[Blinded | Tags | Selection]:
+        self._expect(_State.NEW, "start")
+        msg = self._blinded(self.config.peers)
+        self._state = _State.AWAIT_BLINDED
+        return [msg]
+
+    def handle(self, inbox: Sequence[Blinded | Tags | Selection]) -> list[Blinded | Tags | Selection]:
+        if self._state is _State.AWAIT_BLINDED:
+            return self._on_blinded(self._collect(inbox, Blinded, self.config.peers))
+        if self._state is _State.AWAIT_TAGS:
+            return self._on_tags(self._collect(inbox, Tags, self.config.peers))
+        raise ProtocolViolation(f"{self.name}: no message is accepted in state {self._state.value}")
+
+    def _on_blinded(self, got: dict[str, _Msg]) -> list[Blinded | Tags | Selection]:
+        out: list[Blinded | Tags | Selection] = []
+        for peer in self.config.peers:
+            msg = got[peer]
+            assert isinstance(msg, Blinded)
+            double = self._key.reblind(msg.values, what=f"blinded set of {peer}", workers=self._workers)
+            outgoing, incoming = self._agreement.keys(msg.tag_key, self.config.pair_context(peer))
+            self._kept[peer] = incoming.tag(double)
+            self._peer_sizes[peer] = msg.count
+            if self.config.mode == "universe":
+                out.append(Tags(run_id=self.config.run_id, sender=self.name, to=(peer,), count=msg.count,
+                                tags=outgoing.tag(double)))
+        self._state = _State.AWAIT_TAGS
+        return out
+
+    def _on_tags(self, got: dict[str, _Msg]) -> list[Blinded | Tags | Selection]:
+        n = len(self._ids)
+        present: dict[str, np.ndarray] = {}
+        peer_pos: dict[str, np.ndarray] = {}
+        for peer in self.config.peers:
+            msg = got[peer]
+            assert isinstance(msg, Tags)
+            if msg.count != n:
+                raise ProtocolViolation(f"{self.name}: {peer} sent {msg.count} tags for a set of {n}")
+            mine, theirs = match_tags(msg.tags, self._kept[peer])
+            mask = np.zeros(n, dtype=bool)
+            mask[mine] = True
+            present[peer] = mask
+            at = np.full(n, -1, dtype=np.int64)
+            at[mine] = theirs
+            peer_pos[peer] = at
+        self._kept.clear()
+        if self.config.mode == "universe":
+            self._result = PsiResult("universe", n, self._order.copy(), np.arange(n, dtype=np.int64), present)
+            self._state = _State.DONE
+            return []
+        common = np.flatnonzero(np.logical_and.reduce([present[p] for p in self.config.peers]))
+        out: list[Blinded | Tags | Selection] = []
+        for peer in self.config.peers:
+            idx = peer_pos[peer][common].astype("<u4")
+            out.append(Selection(run_id=self.config.run_id, sender=self.name, to=(peer,), count=len(idx),
+                                 indices=idx.tobytes()))
+        self._result = PsiResult("intersection", len(common), self._order[common],
+                                 np.arange(len(common), dtype=np.int64))
+        self._state = _State.DONE
+        return out
+
+
+class Peer(_Party):
+    """A data holder aligning its rows to the label holder's universe."""
+
+    def __init__(self, name: str, config: PsiConfig, ids: Sequence[str], *, workers: int | None = None) -> None:
+        if name not in config.peers:
+            raise ProtocolViolation(f"{name!r} is not a peer of PSI run {config.run_id}")
+        super().__init__(name, config, ids, workers=workers)
+        self._kept = b""
+        self._outgoing: TagKey | None = None
+
+    def start(self) -> list[Blinded | Tags | Selection]:
+        self._expect(_State.NEW, "start")
+        msg = self._blinded([self.config.label_holder])
+        self._state = _State.AWAIT_BLINDED
+        return [msg]
+
+    def handle(self, inbox: Sequence[Blinded | Tags | Selection]) -> list[Blinded | Tags | Selection]:
+        lh = [self.config.label_holder]
+        if self._state is _State.AWAIT_BLINDED:
+            return self._on_blinded(self._collect(inbox, Blinded, lh)[lh[0]])
+        if self._state is _State.AWAIT_TAGS:
+            return self._on_tags(self._collect(inbox, Tags, lh)[lh[0]])
+        if self._state is _State.AWAIT_SELECTION:
+            return self._on_selection(self._collect(inbox, Selection, lh)[lh[0]])
+        raise ProtocolViolation(f"{self.name}: no message is accepted in state {self._state.value}")
+
+    def _on_blinded(self, msg: _Msg) -> list[Blinded | Tags | Selection]:
+        assert isinstance(msg, Blinded)
+        lh = self.config.label_holder
+        double = self._key.reblind(msg.values, what=f"blinded set of {lh}", workers=self._workers)
+        outgoing, incoming = self._agreement.keys(msg.tag_key, self.config.pair_context(self.name))
+        self._universe = msg.count
+        if self.config.mode == "universe":
+            self._kept = incoming.tag(double)
+            self._state = _State.AWAIT_TAGS
+        else:
+            self._state = _State.AWAIT_SELECTION
+        return [Tags(run_id=self.config.run_id, sender=self.name, to=(lh,), count=msg.count,
+                     tags=outgoing.tag(double))]
+
+    def _on_tags(self, msg: _Msg) -> list[Blinded | Tags | Selection]:
+        assert isinstance(msg, Tags)
+        n = len(self._ids)
+        if msg.count != n:
+            raise ProtocolViolation(f"{self.name}: label holder sent {msg.count} tags for a set of {n}")
+        mine, positions = match_tags(msg.tags, self._kept)
+        by_pos = np.argsort(positions, kind="stable")
+        self._result = PsiResult("universe", self._universe, self._order[mine[by_pos]], positions[by_pos])
+        self._kept = b""
+        self._state = _State.DONE
+        return []
+
+    def _on_selection(self, msg: _Msg) -> list[Blinded | Tags | Selection]:
+        assert isinstance(msg, Selection)
+        n = len(self._ids)
+        idx = np.frombuffer(msg.indices, dtype="<u4").astype(np.int64)
+        if idx.size and (idx.max() >= n or len(np.unique(idx)) != idx.size):
+            raise ProtocolViolation(f"{self.name}: selection indexes outside our {n} rows or repeats one")
+        self._result = PsiResult("intersection", int(idx.size), self._order[idx], np.arange(idx.size, dtype=np.int64))
+        self._state = _State.DONE
+        return []
