@@ -19,6 +19,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+from scipy.special import expit
 from sklearn.model_selection import train_test_split
 from torch import nn
 
@@ -119,7 +120,7 @@ def predict_logits(model: nn.Module, X: Any) -> np.ndarray:
 
 def predict_proba(model: nn.Module, X: Any) -> np.ndarray:
     """Probability of default for each row."""
-    return 1.0 / (1.0 + np.exp(-predict_logits(model, X)))
+    return expit(predict_logits(model, X))
 
 
 def _batches(n: int, batch_size: int | None, gen: torch.Generator) -> list[torch.Tensor]:
