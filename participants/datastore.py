@@ -7,6 +7,7 @@ builds every participant's features, each in isolation, from one consortium file
 
 from __future__ import annotations
 
+import io
 import os
 from functools import cached_property
 from pathlib import Path
@@ -28,15 +29,41 @@ from protocols.feature_schemas import ID_COLUMN, LABEL_LEDGER, MONTH_COLUMN, mon
 from protocols.uscc import is_valid_uscc
 
 
+ARFF_ROW_COLUMN = "row"
+"""ARFF files carry no id: their data lines are numbered 0..n-1 in this column."""
+
+
+def _read_arff(path: Path) -> pd.DataFrame:
+    """Numeric/nominal ARFF (``?`` = missing) plus a 0-based ``row`` id column."""
+    text = path.read_text(encoding="utf-8").replace("\r", "")
+    head, sep, data = text.partition("@data\n")
+    if not sep:
+        raise DataError(f"{path}: no @data section in ARFF file")
+    columns = [line.split()[1] for line in head.splitlines()
+               if line.lower().startswith("@attribute")]
+    frame = pd.read_csv(io.StringIO(data), header=None, names=columns, na_values="?",
+                        comment="%")
+    if ARFF_ROW_COLUMN in frame.columns:
+        raise DataError(f"{path}: has its own {ARFF_ROW_COLUMN!r} column; cannot number rows")
+    frame.insert(0, ARFF_ROW_COLUMN, [str(i) for i in range(len(frame))])
+    return frame
+
+
 def _read_csv(path: Path, *, id_column: str) -> pd.DataFrame:
+    """CSV / CSV.gz (or ARFF by suffix); errors name the file, never a parser traceback."""
     if not path.is_file():
         raise DataError(f"{path}: data file not found")
     try:
+        if path.suffix.lower() == ".arff":
+            return _read_arff(path)
         return pd.read_csv(path, dtype={id_column: str}, keep_default_na=True, low_memory=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError,
-            EOFError) as exc:
+            EOFError, ValueError, IndexError) as exc:
+        if isinstance(exc, DataError):
+            raise
         kind = type(exc).__name__
-        raise DataError(f"{path}: cannot parse as CSV ({kind})") from None
+        raise DataError(f"{path}: cannot parse as {path.suffix.lstrip('.') or 'CSV'} ({kind})") \
+            from None
 
 
 def _check_ids(ids: pd.Series, source: str, id_format: str) -> None:
@@ -134,7 +161,11 @@ class LocalDataStore:
     # -- features, labels, ids -----------------------------------------------------------------
 
     def features(self, as_of: str | None = None) -> pd.DataFrame:
-        """Float frame indexed by id (sorted), columns = this participant's feature names."""
+        """Float frame indexed by id (sorted), columns = this participant's feature names.
+
+        Standard schemas: no NaN (see :mod:`participants.features.stats`). Custom schemas: the
+        mapped columns as they are; missing cells stay NaN (imputation is a modelling choice that
+        must be fitted on a training split, not here)."""
         if self.schema.kind == "custom":
             raw = self._raw
             ids = raw[self.schema.id_column].astype(str)
@@ -150,9 +181,6 @@ class LocalDataStore:
                     row = int(np.flatnonzero(bad.to_numpy())[0]) + 1
                     raise DataError(f"{self.records_path}: column {raw_name} row {row}: "
                                     "not a number")
-                if values.isna().any():
-                    row = int(np.flatnonzero(values.isna().to_numpy())[0]) + 1
-                    raise DataError(f"{self.records_path}: column {raw_name} row {row}: empty")
                 out[target] = values.to_numpy(dtype=float)
             return out.sort_index()
         as_of_month = self._as_of(as_of)

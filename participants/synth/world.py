@@ -43,8 +43,9 @@ _IND_SEASON_AMP = np.array([0.08, 0.15, 0.12, 0.2, 0.05, 0.1, 0.3, 0.05])
 _IND_SEASON_PEAK = np.array([10, 11, 7, 5, 12, 11, 9, 12])  # calendar month of the peak
 
 RHO = 0.95
-HAZARD_INTERCEPT = -7.2
-HAZARD_WEIGHTS = {"cash": 0.85, "sales": 0.7, "ops": 0.65, "chain": 0.55, "rep": 0.6}
+TARGET_RATE = 0.05
+"""Expected share of firms alive at the anchor month that default within the next 12 months."""
+HAZARD_WEIGHTS = {"cash": 1.05, "sales": 0.9, "ops": 0.85, "chain": 0.7, "rep": 0.75}
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,28 @@ def _geometric_lag(rng: np.random.Generator, mean: float, n: int) -> np.ndarray:
     return rng.geometric(1.0 / (1.0 + mean), size=n) - 1
 
 
+def calibrate_intercept(score: np.ndarray, born: np.ndarray, params: WorldParams) -> float:
+    """Hazard intercept giving a TARGET_RATE chance of default in the 12 months after the anchor.
+
+    Shocks common to all firms (macro, industry) would otherwise swing the base rate from seed
+    to seed. Only months up to anchor+12 are used, so an advanced world (simulated further)
+    finds the same intercept and its past is unchanged.
+    """
+    a = params.anchor - params.start  # column of the anchor month
+    lo, hi = -12.0, 0.0
+    before = slice(0, a + 1)
+    window = slice(a + 1, a + 13)
+    alive_at_anchor = born[:, a]
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        p = np.where(born, 1.0 / (1.0 + np.exp(-(mid + score))), 0.0)
+        survive = np.exp(np.log1p(-p[:, before]).sum(axis=1)) * alive_at_anchor
+        default_in = 1.0 - np.exp(np.log1p(-p[:, window]).sum(axis=1))
+        rate = (survive * default_in).sum() / max(survive.sum(), 1e-12)
+        lo, hi = (mid, hi) if rate < TARGET_RATE else (lo, mid)
+    return (lo + hi) / 2
+
+
 def simulate_world(params: WorldParams) -> World:
     """Simulate static profiles, the latent factors, shocks and defaults (vectorised over firms)."""
     n, seed, start, total = params.n, params.seed, params.start, params.months
@@ -117,7 +140,7 @@ def simulate_world(params: WorldParams) -> World:
     size = np.exp(srng.normal(np.log(350_000), 0.9, size=n)) * np.where(category == 2, 0.25, 1.0)
 
     # Persistent firm quality per factor (partly shared: good firms tend to be good overall).
-    shared = 0.45
+    shared = 0.35
     common_mean = srng.normal(size=n)
     mu = {f: 0.65 * (np.sqrt(shared) * common_mean + np.sqrt(1 - shared) * srng.normal(size=n))
           for f in FACTORS}
@@ -135,8 +158,9 @@ def simulate_world(params: WorldParams) -> World:
 
     factors = {f: np.empty((n, total)) for f in FACTORS}
     shock_kind = np.zeros((n, total), dtype=np.int8)
-    hazard = np.empty((n, total))
-    default_month = np.full(n, NO_MONTH, dtype=np.int64)
+    score = np.zeros((n, total))
+    born = np.zeros((n, total), dtype=bool)
+    uniform = np.empty((n, total))
     macro = 0.0
     ind_level = np.zeros(len(INDUSTRIES))
     prov = np.array([code[:2] for code, _ in REGIONS])
@@ -147,12 +171,12 @@ def simulate_world(params: WorldParams) -> World:
     for t in range(total):
         m = start + t
         rng = np.random.default_rng([seed, 1, m])
-        macro = 0.85 * macro + 0.12 * rng.normal()
-        ind_level = 0.9 * ind_level + 0.18 * rng.normal(size=len(INDUSTRIES))
+        macro = 0.85 * macro + 0.06 * rng.normal()
+        ind_level = 0.9 * ind_level + 0.12 * rng.normal(size=len(INDUSTRIES))
         prov_level = 0.9 * prov_level + 0.1 * rng.normal(size=len(prov_level))
         common = rng.normal(size=n)
         for f in FACTORS:
-            eps = np.sqrt(0.3) * common + np.sqrt(0.7) * rng.normal(size=n)
+            eps = np.sqrt(0.25) * common + np.sqrt(0.75) * rng.normal(size=n)
             state[f] = RHO * state[f] + innovation_sd * 0.75 * eps
         # Idiosyncratic collapses (a key buyer lost, a store delisted, a production halt); firms
         # with concentrated customers are more exposed. They decay with the factor's persistence.
@@ -171,15 +195,18 @@ def simulate_world(params: WorldParams) -> World:
         for f in FACTORS:
             env_load = {"cash": 0.5, "sales": 1.0, "ops": 0.8, "chain": 0.2, "rep": 0.1}[f]
             factors[f][:, t] = mu[f] + state[f] + env_load * env
-        logit = (HAZARD_INTERCEPT + _IND_RISK[industry] + 0.5 * (age < 24) + 0.2 * (category == 2)
-                 - sum(HAZARD_WEIGHTS[f] * factors[f][:, t] for f in FACTORS if f != "rep")
-                 - HAZARD_WEIGHTS["rep"] * factors["rep"][:, t] * online)
-        p = 1.0 / (1.0 + np.exp(-logit))
-        p = np.where(age >= 0, p, 0.0)
-        hazard[:, t] = p
-        u = rng.random(n)
-        newly = (default_month == NO_MONTH) & (u < p)
-        default_month[newly] = m
+        score[:, t] = (_IND_RISK[industry] + 0.5 * (age < 24) + 0.2 * (category == 2)
+                       - sum(HAZARD_WEIGHTS[f] * factors[f][:, t] for f in FACTORS if f != "rep")
+                       - HAZARD_WEIGHTS["rep"] * factors["rep"][:, t] * online)
+        born[:, t] = age >= 0
+        uniform[:, t] = rng.random(n)
+
+    intercept = calibrate_intercept(score, born, params)
+    hazard = np.where(born, 1.0 / (1.0 + np.exp(-(intercept + score))), 0.0)
+    hit_month = hazard > uniform
+    has_default = hit_month.any(axis=1)
+    default_month = np.where(has_default, start + np.argmax(hit_month, axis=1), NO_MONTH)
+    default_month = default_month.astype(np.int64)
 
     return World(
         params=params, uscc=uscc, industry=industry, category=category, region=region,
