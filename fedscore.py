@@ -47,9 +47,10 @@ def build_app() -> typer.Typer:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from crypto.errors import CryptoError
+    from models.errors import ModelError
     from protocols.errors import ProtocolError
 
-    return (CryptoError, ProtocolError)
+    return (CryptoError, ModelError, ProtocolError)
 
 
 def main(argv: list[str] | None = None) -> None:

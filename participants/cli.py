@@ -1,7 +1,12 @@
-"""Sub-commands a data holder (and the lender) runs: data, features, baselines."""
+"""Sub-commands a data holder (and the lender) runs: synthetic data, baselines."""
 
 from __future__ import annotations
 
 import typer
 
+from participants.datasets.cli import app as datasets_app
+from participants.synth.cli import app as synth_app
+
 app = typer.Typer(no_args_is_help=True)
+app.add_typer(synth_app)
+app.add_typer(datasets_app)
