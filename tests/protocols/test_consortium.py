@@ -187,3 +187,11 @@ def test_parse_without_file_and_address_forms() -> None:
     for bad in ("nohost", "a b:80", ":80", "host:0", "host:x", "[zz]:1"):
         with pytest.raises(ValueError):
             split_address(bad)
+
+
+def test_every_example_consortium_in_the_repository_loads() -> None:
+    examples = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.toml"))
+    assert any(p.name == "sme_vertical.toml" for p in examples)
+    for path in examples:
+        cfg = load_consortium(path)
+        assert cfg.data_holders and all(p.data_dir.is_absolute() for p in cfg.data_holders)
