@@ -17,9 +17,9 @@ Construction and why it is secure
   k·(Q + T) = k·Q: the first blinding already lands in the prime-order group, and every later value
   is a pure prime-order element. Double blinding gives ab·Q_id, equal for equal ids and distinct for
   distinct ids except with probability ≈ 2^-248 per pair (Q_x = ±Q_y).
-* **Random-oracle argument.** Elligator 2 is exactly 4-to-1 from field elements onto its image (about
-  half of the curve's u-coordinates), so ``H`` is a random oracle onto a known, efficiently invertible
-  half of the curve. The usual DDH reduction for ECDH-PSI programs H(id) := a preimage of s·Y + T
+* **Random-oracle argument.** Elligator 2 is 4-to-1 from field elements onto its image (about half
+  of the curve's u-coordinates, up to a negligible set of exceptions), so ``H`` is a random oracle
+  onto a known, efficiently invertible half of the curve. The usual DDH reduction for ECDH-PSI programs H(id) := a preimage of s·Y + T
   for a challenge Y, random s and torsion T, retrying when that point falls outside the image
   (expected twice): blinded values of non-members are pseudorandom under DDH in the prime-order
   subgroup, with a factor-2 loss.

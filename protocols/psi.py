@@ -57,7 +57,7 @@ from typing import Annotated, Literal, Union
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
-from crypto.psi import POINT_BYTES, TAG_BYTES, BlindingKey, TagAgreement, TagKey, match_tags
+from crypto.psi import POINT_BYTES, TAG_BYTES, BlindingKey, TagAgreement, match_tags
 from protocols.errors import DuplicateIdentifier, InvalidUSCC, ProtocolViolation
 from protocols.uscc import validate_uscc
 
@@ -389,7 +389,7 @@ class Peer(_Party):
             raise ProtocolViolation(f"{name!r} is not a peer of PSI run {config.run_id}")
         super().__init__(name, config, ids, workers=workers)
         self._kept = b""
-        self._outgoing: TagKey | None = None
+        self._universe = 0
 
     def start(self) -> list[Blinded | Tags | Selection]:
         self._expect(_State.NEW, "start")
