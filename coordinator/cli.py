@@ -32,7 +32,6 @@ app.add_typer(train_app, name="train")
 app.add_typer(models_app, name="models")
 
 _ROUND = re.compile(r"round (\d+)/(\d+)")
-_SIM_CPUS_PER_NODE = 0.5  # small models: let every virtual node of a 2-core host run at once
 DEFAULT_STATE = Path(".fedscore/coordinator")
 
 
@@ -80,25 +79,28 @@ def simulate(consortium: Path, run_config: dict[str, Any], workdir: Path, *, tim
     conn.write()
     superlink = start_superlink(workdir, pki, port=port, simulation=True, env=env)
     try:
+        # One logical CPU per virtual node (Ray wants integers here) and as many logical CPUs as
+        # nodes, so every node's small model trains at once even on a 2-core host.
         run_id = submit_run(conn, run_config, env=env, federation_config={
-            "num-supernodes": len(holders), "client-resources-num-cpus": _SIM_CPUS_PER_NODE})
+            "num-supernodes": len(holders), "client-resources-num-cpus": 1,
+            "init-args-num-cpus": len(holders)})
         return wait_for_run(conn, run_id, env=env, timeout=timeout, on_log=on_log)
     finally:
         stop_process(superlink)
 
 
 def pooled_baseline(consortium: Path, run_config: dict[str, Any]) -> dict[str, float]:
-    """Centralised yardstick: the same model, optimiser and epochs on all training rows pooled.
+    """Centralised yardstick: the same model trained to convergence on all training rows pooled.
 
     Uses each participant's training part exactly as the federated run splits it (same seed and
-    validation fraction), evaluates on the common test file. Reads every participant's files, so
+    validation fraction), trains with early stopping, evaluates on the common test file. Reads every participant's files, so
     it is meant for public benchmark data, never for a real consortium.
     """
     import numpy as np
     import pandas as pd
     from sklearn.model_selection import train_test_split
 
-    from models import LogisticRegression, MLP, local_update
+    from models import LogisticRegression, MLP, TrainConfig, fit
     from models.metrics import evaluate
     from models.training import predict_proba, seed_everything
 
@@ -126,18 +128,18 @@ def pooled_baseline(consortium: Path, run_config: dict[str, Any]) -> dict[str, f
     x_te, y_te = read(test_path, first.features)
     x_all, y_all = np.concatenate(xs), np.concatenate(ys)
 
+    # Trained to convergence with early stopping: the best the same model does on pooled rows.
     seed_everything(seed)
     if run_config.get("model", "logistic") == "logistic":
         model = LogisticRegression(x_all.shape[1])
+        train_cfg = TrainConfig(epochs=300, lr=0.05, batch_size=None, patience=20, seed=seed)
     else:
         hidden = tuple(int(h) for h in str(run_config.get("mlp-hidden", "32,16")).split(",") if h.strip())
         model = MLP(x_all.shape[1], hidden=hidden)
-    epochs = int(run_config.get("rounds", 3)) * int(run_config.get("local-epochs", 2))
-    local_update(model, x_all, y_all, epochs=epochs, lr=float(run_config.get("lr", 0.05)),
-                 batch_size=int(run_config.get("batch-size", 64)),
-                 optimizer=str(run_config.get("optimizer", "adam")), seed=seed)  # type: ignore[arg-type]
+        train_cfg = TrainConfig(epochs=60, lr=3e-3, batch_size=1024, weight_decay=1e-4, patience=6, seed=seed)
+    result = fit(model, x_all, y_all, train_cfg)
     m = evaluate(y_te, predict_proba(model, x_te))
-    return {"test-auc": m.auc, "test-ks": m.ks, "test-gini": m.gini, "epochs": float(epochs)}
+    return {"test-auc": m.auc, "test-ks": m.ks, "test-gini": m.gini, "epochs": float(result.best_epoch)}
 
 
 def _summary_table(summary: dict[str, Any]) -> Table:
