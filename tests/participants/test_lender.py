@@ -1,0 +1,198 @@
+"""Lender SDK and CLI: swappable transport, decryption to PD/score/grade/sources, grant and batch
+files, key generation, and the CLI against a loopback deployment."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from bench.bench_scoring import AllowAll, start_deployment
+from coordinator.scoring_gateway import GatewayCore, Holder
+from crypto.ckks_keys import LenderKeyPair
+from participants.lender import LenderClient, load_grants, read_batch
+from participants.scoring_responder import EmbeddingTable, ResponderCore
+from protocols._grpc import scoring_pb2 as pb
+from protocols.scoring import InvalidRequest, ScoreScale, UnknownKey, grade_for
+from tests.protocols.test_scoring import cached_world
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return cached_world(tmp_path_factory)
+
+
+class InProcessResponders:
+    """A ResponderTransport that calls responder cores directly (no network)."""
+
+    def __init__(self, cores: dict[str, ResponderCore]) -> None:
+        self.cores = cores
+        self.calls: list[str] = []
+
+    def install_key(self, holder, public_context, timeout):
+        return self.cores[holder.name].install_key(public_context)
+
+    def contribute(self, holder, request, timeout):
+        self.calls.append(holder.name)
+        envelopes, d, refusals = self.cores[holder.name].contribute(
+            key_id=request.key_id, model_ref=request.model_ref, lender=request.lender, layout=request.layout,
+            usccs=[s.uscc for s in request.subjects], grants=[s.grant_json for s in request.subjects])
+        return pb.ContributeResponse(holder=holder.name, envelopes=envelopes, out_dim=d, refusals=refusals)
+
+
+class InProcessGateway:
+    """A GatewayTransport that hands requests to a GatewayCore as lender ``lender``."""
+
+    def __init__(self, core: GatewayCore) -> None:
+        self.core = core
+
+    def register_key(self, request, timeout):
+        ctx = self.core.register_key("lender", request.public_context)
+        return pb.RegisterKeyResponse(key_id=ctx.key_id, slot_count=ctx.slot_count, depth=ctx.info.depth)
+
+    def score(self, request, timeout):
+        return self.core.score("lender", request.key_id, request.model_ref, [s.uscc for s in request.subjects],
+                               [s.grant_json for s in request.subjects], timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def in_process(world):
+    cores = {
+        h: ResponderCore(h, {world.model_ref: EmbeddingTable.build(world.store(h), world.model_ref, world.features[h])},
+                         AllowAll())
+        for h in world.holders
+    }
+    responders = InProcessResponders(cores)
+    gateway = GatewayCore([Holder(h, "in-process", required=h == world.label_holder) for h in world.holders],
+                          responders, {world.model_ref: world.spec}, default_model=world.model_ref)
+    yield InProcessGateway(gateway), responders
+    gateway.close()
+
+
+def test_sdk_works_over_any_transport(world, in_process) -> None:
+    transport, responders = in_process
+    client = LenderClient(transport, LenderKeyPair.generate())
+    with pytest.raises(UnknownKey):
+        client.score([world.universe()[0]], [world.grant(world.universe()[0])])
+    assert client.register() == client.key_id
+    usccs = world.universe()[300:340]
+    results = client.score(usccs, [world.grant(u) for u in usccs])
+    expected = world.plaintext_pd(usccs)
+    assert np.max(np.abs(np.array([r.pd for r in results]) - expected)) < 1e-4
+    scale = ScoreScale()
+    for r in results:
+        assert r.score == scale.score(r.pd) and r.grade == grade_for(r.pd) and r.model_ref == world.model_ref
+    assert set(responders.calls) == set(world.holders)
+
+
+def test_score_batch_splits_into_requests_and_keeps_order(world, in_process) -> None:
+    transport, _ = in_process
+    client = LenderClient(transport, LenderKeyPair.generate())
+    client.register()
+    usccs = world.universe()[:230]
+    pairs = [(u, world.grant(u)) for u in usccs]
+    results = client.score_batch(pairs, chunk=100, parallel=2)
+    assert [r.uscc for r in results] == usccs
+    assert np.max(np.abs(np.array([r.pd for r in results]) - world.plaintext_pd(usccs))) < 1e-4
+
+
+def test_mismatched_lengths_are_refused_before_sending(world, in_process) -> None:
+    client = LenderClient(in_process[0], LenderKeyPair.generate())
+    with pytest.raises(InvalidRequest, match="2 enterprises but 1 grants"):
+        client.score(world.universe()[:2], [world.grant(world.universe()[0])])
+
+
+# ---------------------------------------------------------------------------------------------
+# Grant and batch files
+# ---------------------------------------------------------------------------------------------
+
+
+def test_grant_files_in_every_shape(world, tmp_path) -> None:
+    u = world.universe()[:4]
+    g = [world.grant(x) for x in u]
+    (tmp_path / "one.json").write_text(g[0].model_dump_json(indent=1))
+    (tmp_path / "many.json").write_text(json.dumps([g[1].model_dump(mode="json"), g[2].model_dump(mode="json")]))
+    (tmp_path / "lines.jsonl").write_text(g[3].model_dump_json() + "\n")
+    grants = load_grants([tmp_path / "one.json", tmp_path / "many.json", tmp_path / "lines.jsonl"])
+    assert list(grants) == u
+    assert json.loads(grants[u[2]])["grant_id"] == g[2].grant_id
+
+    (tmp_path / "batch.csv").write_text("uscc,name\n" + "\n".join(f"{x},firm" for x in u[:3]) + "\n")
+    assert [p[0] for p in read_batch(tmp_path / "batch.csv", grants)] == u[:3]
+    assert [p[0] for p in read_batch(tmp_path / "lines.jsonl", {})] == [u[3]]
+
+
+def test_batch_file_errors_name_the_line(world, tmp_path) -> None:
+    u = world.universe()[:2]
+    (tmp_path / "b.csv").write_text(f"uscc\n{u[0]}\n{u[1]}\n")
+    with pytest.raises(InvalidRequest, match=r"b.csv:3: no grant"):
+        read_batch(tmp_path / "b.csv", {u[0]: "{}"})
+    (tmp_path / "bad.csv").write_text("uscc\n12345\n")
+    with pytest.raises(InvalidRequest, match=r"bad.csv:2: .*length"):
+        read_batch(tmp_path / "bad.csv", {})
+    (tmp_path / "g.jsonl").write_text("not json\n")
+    with pytest.raises(InvalidRequest, match=r"g.jsonl:1"):
+        load_grants([tmp_path / "g.jsonl"])
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+
+
+def _root() -> typer.Typer:
+    """Mounted the way the ``fedscore`` command mounts the scoring sub-commands."""
+    import coordinator.scoring_cli as gateway_cli
+    import participants.lender_cli as lender_cli
+
+    root = typer.Typer()
+    root.add_typer(lender_cli.app)
+    serve = typer.Typer(no_args_is_help=True)
+    serve.add_typer(gateway_cli.serve_app)
+    serve.add_typer(lender_cli.serve_app)
+    root.add_typer(serve, name="serve")
+    return root
+
+
+def test_keygen_writes_a_private_key_and_refuses_to_overwrite(tmp_path) -> None:
+    runner = CliRunner()
+    key = tmp_path / "lender.ckks"
+    result = runner.invoke(_root(), ["lender", "keygen", "--out", str(key)])
+    assert result.exit_code == 0, result.output
+    assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
+    assert LenderKeyPair.load(key).key_id in result.output
+    again = runner.invoke(_root(), ["lender", "keygen", "--out", str(key)])
+    assert again.exit_code != 0 and "--force" in str(again.exception)
+    help_text = runner.invoke(_root(), ["serve", "--help"]).output
+    assert "gateway" in help_text and "responder" in help_text
+
+
+def test_cli_registers_and_scores_a_batch(world, tmp_path) -> None:
+    dep = start_deployment(world, {h: AllowAll() for h in world.holders})
+    try:
+        runner = CliRunner()
+        key = tmp_path / "lender.ckks"
+        LenderKeyPair.generate().save(key)
+        common = ["--key", str(key), "--gateway", dep.address, "--pki", str(world.pki.root)]
+        reg = runner.invoke(_root(), ["lender", "register", *common])
+        assert reg.exit_code == 0, reg.output
+        usccs = world.universe()[500:520]
+        grants = tmp_path / "grants.jsonl"
+        grants.write_text("\n".join(world.grant(u).model_dump_json() for u in usccs))
+        batch = tmp_path / "batch.csv"
+        batch.write_text("uscc\n" + "\n".join(usccs))
+        out = runner.invoke(_root(), ["score", "--batch", str(batch), "--grant", str(grants), "--json", *common])
+        assert out.exit_code == 0, out.output
+        rows = [json.loads(line) for line in out.output.splitlines()]
+        assert [r["uscc"] for r in rows] == usccs
+        assert np.max(np.abs(np.array([r["pd"] for r in rows]) - world.plaintext_pd(usccs))) < 1e-4
+        table = runner.invoke(_root(), ["score", usccs[0], "--grant", str(grants), *common])
+        assert table.exit_code == 0 and usccs[0] in table.output and "bank, tax, utility" in table.output
+    finally:
+        dep.stop()
