@@ -27,7 +27,6 @@ from protocols.errors import ConfigError, ProtocolViolation
 
 _ROUND = re.compile(r"vertical round (\d+)/(\d+)")
 _STAGE = re.compile(r"vertical stage (\w+): (\d+) round")
-_SIM_CPUS_PER_NODE = 0.5  # tiny models, one torch thread each: let all nodes of a 2-core host run at once
 
 
 def app_config_keys(app_dir: Path) -> set[str]:
@@ -134,7 +133,8 @@ def run_simulation(consortium: Path, run_config: dict[str, Any], workdir: Path, 
     superlink = start_superlink(workdir, pki, port=port, simulation=True, env=env)
     try:
         run_id = submit_run(conn, run_config, env=env, federation_config={
-            "num-supernodes": len(holders), "client-resources-num-cpus": _SIM_CPUS_PER_NODE})
+            # tiny models, one torch thread each: let every node run at once even on a 2-core host
+            "num-supernodes": len(holders), "client-resources-num-cpus": 1, "init-args-num-cpus": len(holders)})
         return wait_for_run(conn, run_id, env=env, timeout=timeout, on_log=on_log)
     finally:
         stop_process(superlink)
