@@ -13,7 +13,7 @@ from protocols.consortium import load_consortium
 
 from deployment import Deployment
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(360)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(420)]
 
 
 def test_encrypted_horizontal_training_over_tls_with_node_auth(tmp_path):
@@ -48,7 +48,7 @@ def test_encrypted_horizontal_training_over_tls_with_node_auth(tmp_path):
                 "state-dir": str(coord_state),
                 "result-file": str(result),
             },
-            timeout=260,
+            timeout=300,
         )
         assert record["status"] == "finished:completed", record.get("log", "") + dep.logs()
         rogue_log = (dep.workdir / "logs" / "supernode-rogue.log").read_text(errors="replace")
