@@ -22,6 +22,7 @@ _SUBCOMMANDS = (
     "participants.audit_cli",
     "coordinator.cli",
     "coordinator.consent_cli",
+    "coordinator.demo",
 )
 
 for _name, _value in {

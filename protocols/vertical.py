@@ -54,7 +54,10 @@ class VerticalPlan(BaseModel):
     bottom_hidden: tuple[int, ...] = Field(default=(), description="() = linear bottoms")
     top_kind: TopKind = "linear"
     top_hidden: int = Field(default=8, ge=1)
-    batch_size: int = Field(default=1024, ge=16)
+    batch_size: int = Field(default=1024, ge=16, description="upper bound; see min_batches_per_epoch")
+    min_batches_per_epoch: int = Field(
+        default=8, ge=1, description="small universes get smaller batches, so an epoch still takes several steps"
+    )
     batches_per_round: int = Field(default=4, ge=1)
     epochs: float = Field(default=6.0, gt=0)
     lr: float = Field(default=0.02, gt=0)
@@ -90,8 +93,13 @@ class Schedule:
         return cls(plan=plan, n=n, train=np.sort(perm[n_val:]), val=np.sort(perm[:n_val]))
 
     @property
+    def batch_size(self) -> int:
+        """The plan's batch size, shrunk for small universes (never below 16 rows)."""
+        return max(16, min(self.plan.batch_size, math.ceil(self.train.size / self.plan.min_batches_per_epoch)))
+
+    @property
     def batches_per_epoch(self) -> int:
-        return math.ceil(self.train.size / self.plan.batch_size)
+        return math.ceil(self.train.size / self.batch_size)
 
     @property
     def rounds(self) -> int:
@@ -109,7 +117,7 @@ class Schedule:
             g = round_idx * self.plan.batches_per_round + k
             epoch, within = divmod(g, bpe)
             perm = np.random.default_rng([self.plan.seed, 0xE90C, epoch]).permutation(self.train.size)
-            rows = self.train[perm[within * self.plan.batch_size : (within + 1) * self.plan.batch_size]]
+            rows = self.train[perm[within * self.batch_size : (within + 1) * self.batch_size]]
             out.append(rows)
         return out
 
@@ -250,8 +258,9 @@ def label_dp_epsilon(plan: VerticalPlan, n_train: int, rounds: int, delta: float
     """
     if plan.label_dp_sigma <= 0:
         return None
-    batches = rounds * plan.batches_per_round
-    appearances = math.ceil(batches * plan.batch_size / max(n_train, 1))
+    n_train = max(n_train, 1)
+    batch = max(16, min(plan.batch_size, math.ceil(n_train / plan.min_batches_per_epoch)))
+    appearances = math.ceil(rounds * plan.batches_per_round / math.ceil(n_train / batch))  # epochs run
     rho = appearances * 2.0 / plan.label_dp_sigma**2
     return rho + 2.0 * math.sqrt(rho * math.log(1.0 / delta))
 
