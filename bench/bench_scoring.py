@@ -275,3 +275,188 @@ def start_deployment(
     )
     gateway = serve_gateway(core, "127.0.0.1:0", gw_tls, interceptors=server_interceptors)
     return Deployment(gateway, running, f"127.0.0.1:{gateway.port}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Plaintext baseline: the same services and fan-out, raw float64 instead of ciphertexts
+# ---------------------------------------------------------------------------------------------
+
+
+def _plain_cores():
+    from coordinator.scoring_gateway import GatewayCore
+    from participants.scoring_responder import ResponderCore
+    from protocols._grpc import scoring_pb2 as pb
+    from protocols.consent import Purpose
+    from protocols.scoring import Stamp, validate_subjects
+
+    class PlainResponder(ResponderCore):
+        def contribute(self, *, key_id, model_ref, lender, layout, usccs, grants):
+            table = self.model(model_ref)
+            allowed = [self._consent.check(g, enterprise=u, lender=lender, purpose=Purpose.SCORING, holder=self.name).allowed
+                       for u, g in zip(usccs, grants)]
+            block = table.lookup(usccs, allowed)
+            return [block.T.astype("<f8").tobytes()], table.out_dim, {}
+
+    class PlainGateway(GatewayCore):
+        def score(self, lender, key_id, model_ref, usccs, grants, *, timeout=None, request_id=""):
+            codes = validate_subjects(usccs, grants, self.limits)
+            ref = model_ref or self.default_model
+            spec = self.top(ref)
+            subjects = [pb.Subject(uscc=u, grant_json=g) for u, g in zip(codes, grants)]
+
+            def ask(holder):
+                s = Stamp.new()
+                request = pb.ContributeRequest(stamp=pb.Stamp(request_id=s.request_id, issued_at_ms=s.issued_at_ms),
+                                               key_id=key_id, model_ref=ref, lender=lender, layout="packed", subjects=subjects)
+                reply = self.transport.contribute(holder, request, self.limits.responder_timeout_s)
+                return np.frombuffer(reply.envelopes[0], dtype="<f8").reshape(spec.in_dim, len(codes)).T
+
+            z = sum(self._pool.map(ask, self.holders))
+            logits = evaluate_top(spec, z)
+            return pb.ScoreResponse(request_id=request_id, model_ref=ref, key_id=key_id, count=len(codes),
+                                    shares=[pb.Share(envelope=logits.astype("<f8").tobytes(), blocks=1, sign=1.0)])
+
+    return PlainResponder, PlainGateway
+
+
+class PlainLender:
+    """Lender side of the plaintext baseline: same request, logits in the clear."""
+
+    def __init__(self, transport, key_id: str, timeout: float = 60.0) -> None:
+        self.transport, self.key_id, self.timeout = transport, key_id, timeout
+
+    def score(self, usccs, grants) -> np.ndarray:
+        from participants.lender import _stamp
+        from protocols._grpc import scoring_pb2 as pb
+
+        request = pb.ScoreRequest(stamp=_stamp(), key_id=self.key_id,
+                                  subjects=[pb.Subject(uscc=u, grant_json=g) for u, g in zip(usccs, grants)])
+        reply = self.transport.score(request, self.timeout)
+        return sigmoid(np.frombuffer(reply.shares[0].envelope, dtype="<f8"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Benchmark
+# ---------------------------------------------------------------------------------------------
+
+
+def _filler(n: int, seed: int = 0) -> list[str]:
+    """Valid USCCs no holder knows (they cost the same as known ones: a zero row)."""
+    from protocols.uscc import ALPHABET, make_uscc
+
+    rng = np.random.default_rng(seed)
+    return [make_uscc("91" + "".join(rng.choice(list(ALPHABET[:10]), 15))) for _ in range(n)]
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def run(quick: bool) -> list[dict]:
+    """Rows: single-SME latency p50/p99, batch throughput, consent cost; each vs plaintext."""
+    from concurrent import futures
+
+    from crypto.ckks_keys import LenderKeyPair
+    from participants.lender import GrpcGatewayTransport
+    from protocols.scoring import MutualTls
+
+    repeats = 40 if quick else 200
+    batch_n = 8192 if quick else 16384
+    with tempfile.TemporaryDirectory(prefix="bench-scoring-") as tmp:
+        world = build_world(Path(tmp) / "world", enterprises=1200, epochs=1.0)
+        universe = world.universe()
+        pool = universe + _filler(max(0, batch_n - len(universe)))
+        grant_text = {u: world.grant(u).model_dump_json() for u in pool[:batch_n]}
+        rows: list[dict] = []
+
+        def single(score_one) -> list[float]:
+            lat = []
+            for i in range(repeats):
+                u = universe[i % len(universe)]
+                t0 = time.perf_counter()
+                score_one(u)
+                lat.append((time.perf_counter() - t0) * 1e3)
+            return lat
+
+        def batch(score_many) -> float:
+            chunks = [pool[i:i + 4096] for i in range(0, batch_n, 4096)]
+            t0 = time.perf_counter()
+            with futures.ThreadPoolExecutor(2) as ex:
+                list(ex.map(score_many, chunks))
+            return batch_n / (time.perf_counter() - t0)
+
+        # encrypted path
+        allow = {h: AllowAll() for h in world.holders}
+        dep = start_deployment(world, allow)
+        keys = LenderKeyPair.generate()
+        client = dep.lender(world, keys, timeout=120)
+        client.register()
+        client.score(universe[:2], [grant_text[u] for u in universe[:2]])  # warm-up: keys installed
+        he_lat = single(lambda u: client.score([u], [grant_text[u]]))
+        he_tput = batch(lambda c: client.score(c, [grant_text[u] for u in c]))
+        check = universe[:1000]
+        he_pd = np.array([r.pd for r in client.score(check, [grant_text[u] for u in check])])
+        dep.stop()
+
+        # plaintext path through the same services
+        plain_responder, plain_gateway = _plain_cores()
+        dep = start_deployment(world, allow, responder_core=plain_responder, gateway_core=plain_gateway)
+        plain = PlainLender(GrpcGatewayTransport(dep.address, MutualTls.from_pki(world.pki.root, LENDER)), keys.key_id)
+        plain.score(universe[:2], [grant_text[u] for u in universe[:2]])
+        pt_lat = single(lambda u: plain.score([u], [grant_text[u]]))
+        pt_tput = batch(lambda c: plain.score(c, [grant_text[u] for u in c]))
+        pt_pd = plain.score(check, [grant_text[u] for u in check])
+        dep.stop()
+        err = float(np.max(np.abs(he_pd - pt_pd)))
+
+        base = {"bench": "scoring", "holders": len(world.holders), "max_error": err}
+        for stat, q, target in (("p50", 50, 50.0), ("p99", 99, 150.0)):
+            he, pt = _percentile(he_lat, q), _percentile(pt_lat, q)
+            rows.append({**base, "metric": f"single_{stat}_ms", "value": round(he, 2), "plaintext": round(pt, 2),
+                         "ratio": round(he / pt, 1), "target": f"<= {target:g}", "met": he <= target, "n": repeats})
+        rows.append({**base, "metric": "batch_smes_per_s", "value": round(he_tput), "plaintext": round(pt_tput),
+                     "ratio": round(pt_tput / he_tput, 1), "target": ">= 5000", "met": he_tput >= 5000, "n": batch_n})
+
+        # consent: what a real ConsentGuard costs per enterprise at one holder (durable use count + audit)
+        guard = world.guard(world.holders[0], Path(tmp) / "consent")
+        m = 20 if quick else 60
+        t0 = time.perf_counter()
+        for u in universe[:m]:
+            guard.check(grant_text[u], enterprise=u, lender=LENDER, purpose="scoring", holder=world.holders[0])
+        per_s = m / (time.perf_counter() - t0)
+        rows.append({**base, "metric": "consent_checks_per_s", "value": round(per_s), "plaintext": None,
+                     "ratio": None, "target": "-", "met": None, "n": m})
+        return rows
+
+
+def _print_table(rows: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    err = rows[0]["max_error"] if rows else float("nan")
+    table = Table(title=f"Encrypted scoring, gateway + {rows[0]['holders'] if rows else 3} responders, mutual TLS "
+                        f"(max |PD error| {err:.1e})")
+    for col in ("metric", "encrypted", "plaintext", "ratio", "target", "met", "n"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(r["metric"], f"{r['value']:,}", "-" if r["plaintext"] is None else f"{r['plaintext']:,}",
+                      "-" if r["ratio"] is None else f"{r['ratio']}x", r["target"],
+                      "-" if r["met"] is None else ("yes" if r["met"] else "NO"), f"{r['n']:,}")
+    Console().print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench_scoring", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, 8,192-SME batch")
+    parser.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    args = parser.parse_args(argv)
+    rows = run(quick=args.quick)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        _print_table(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -46,16 +46,18 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from crypto.ckks_keys import EncryptedVector, PublicContext, decrypt, linear_combination, sum_encrypted
 from crypto.errors import CryptoError
-from models.split import TopSpec
 from protocols.errors import InvalidUSCC, ProtocolError
 from protocols.uscc import validate_uscc
+
+if TYPE_CHECKING:  # the lender SDK must not pull in torch just to name a type
+    from models.split import TopSpec
 
 __all__ = [
     "ScoringError", "InvalidRequest", "UnknownKey", "UnknownModel", "KeyNotUsable", "RequestTooLarge",
