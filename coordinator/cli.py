@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -87,6 +88,9 @@ def simulate(consortium: Path, run_config: dict[str, Any], workdir: Path, *, tim
         return wait_for_run(conn, run_id, env=env, timeout=timeout, on_log=on_log)
     finally:
         stop_process(superlink)
+        # Ephemeral TLS material and the app copies go; logs and the SuperLink database stay.
+        shutil.rmtree(workdir / "pki", ignore_errors=True)
+        shutil.rmtree(flwr_home, ignore_errors=True)
 
 
 def pooled_baseline(consortium: Path, run_config: dict[str, Any]) -> dict[str, float]:
@@ -250,13 +254,13 @@ def models_list(
         typer.echo(json.dumps([v.model_dump() for v in versions]))
         return
     table = Table(title=f"model registry ({state_dir})")
-    for col in ("ref", "kind", "status", "parent", "created", "participants", "final AUC", "weights"):
-        table.add_column(col)
+    for col in ("ref", "kind", "status", "parent", "created", "AUC", "weights at"):
+        table.add_column(col, no_wrap=col == "ref")
     for v in versions:
         final = v.metrics.get("final") or {}
         auc = final.get("test-auc", final.get("val-auc", final.get("auc")))
         where = "registry" if "registry" in v.weights_location else ", ".join(v.weights_location.get("participants", [])) or "-"
-        table.add_row(v.ref, v.kind, v.status, v.parent or "-", v.created_at, ", ".join(v.participants),
+        table.add_row(v.ref, v.kind, v.status, v.parent or "-", v.created_at[:16].replace("T", " "),
                       f"{auc:.4f}" if isinstance(auc, (int, float)) else "-", where)
     Console().print(table)
 

@@ -81,7 +81,7 @@ class TrainSettings(BaseModel):
     model: str = Field("logistic", pattern="^(logistic|mlp)$")
     mlp_hidden: str = Field("32,16", alias="mlp-hidden")
     local_epochs: int = Field(2, alias="local-epochs", ge=1, le=1000)
-    lr: float = Field(0.05, gt=0, le=10)
+    lr: float = Field(0.01, gt=0, le=10)
     batch_size: int = Field(64, alias="batch-size", ge=1)
     optimizer: str = Field("adam", pattern="^(adam|sgd)$")
     seed: int = 42

@@ -1,0 +1,64 @@
+"""Operator commands that need no running federation: models list/show, certs, argument checks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from coordinator.cli import app, horizontal_run_config
+from coordinator.registry import ModelRegistry
+from participants.datasets.fate import HORIZONTAL_CONFIG
+from protocols.errors import ConfigError
+
+runner = CliRunner()
+
+
+def test_models_list_and_show_read_the_registry(tmp_path):
+    reg = ModelRegistry(tmp_path)
+    v = reg.create("credit", kind="horizontal", config={"rounds": 2}, participants=["bank_a", "bank_b"])
+    reg.complete(v, metrics={"final": {"test-auc": 0.73}}, weights_location={"participants": ["bank_a", "bank_b"]})
+    out = runner.invoke(app, ["models", "list", "--state-dir", str(tmp_path), "--json"])
+    assert out.exit_code == 0, out.output
+    (row,) = json.loads(out.output)
+    assert row["name"] == "credit" and row["status"] == "ready"
+    out = runner.invoke(app, ["models", "show", "credit:v1", "--state-dir", str(tmp_path)])
+    assert out.exit_code == 0 and json.loads(out.output)["metrics"]["final"]["test-auc"] == 0.73
+    out = runner.invoke(app, ["models", "list", "--state-dir", str(tmp_path)])
+    assert out.exit_code == 0 and "credit:v1" in out.output
+
+
+def test_certs_for_a_consortium(tmp_path):
+    out = runner.invoke(app, ["certs", "--out", str(tmp_path / "pki"), "--config", str(HORIZONTAL_CONFIG)])
+    assert out.exit_code == 0, out.output
+    manifest = json.loads((tmp_path / "pki" / "pki.json").read_text())
+    assert set(manifest["supernodes"]) == {"bank_a", "bank_b", "bank_c"}
+    assert (tmp_path / "pki" / "superlink" / "server.crt").is_file()
+
+
+def test_train_refuses_bad_choices_before_starting_anything(tmp_path):
+    out = runner.invoke(app, ["train", "horizontal", "-c", str(HORIZONTAL_CONFIG), "--model", "forest",
+                              "--state-dir", str(tmp_path)])
+    assert out.exit_code != 0 and isinstance(out.exception, ConfigError)
+    assert not list(tmp_path.iterdir())
+
+
+def test_run_config_names_only_declared_keys():
+    import tomllib
+
+    from coordinator.workflows.launch import APP_DIR
+
+    declared = set(tomllib.loads((APP_DIR / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"])
+    rc = horizontal_run_config(HORIZONTAL_CONFIG, state_dir=APP_DIR, result_file=APP_DIR / "x.json",
+                               node_state_root=APP_DIR, options={"rounds": 2, "dp-noise": 0.5})
+    assert set(rc) <= declared  # Flower refuses overrides of undeclared keys
+    assert rc["expect-nodes"] == 3 and rc["min-nodes"] == 3
+
+
+def test_vertical_consortium_is_refused_for_horizontal_training():
+    from participants.datasets.fate import VERTICAL_CONFIG
+
+    with pytest.raises(ConfigError):
+        horizontal_run_config(VERTICAL_CONFIG, state_dir=VERTICAL_CONFIG.parent, result_file=VERTICAL_CONFIG,
+                              node_state_root=VERTICAL_CONFIG.parent, options={})
