@@ -210,3 +210,15 @@ def test_fedprox_and_dp_are_accounted(toy):
 def test_unknown_mode_is_a_config_error():
     with pytest.raises(ConfigError):
         run_workflow(None, SimpleNamespace(run_config={"mode": "diagonal"}))
+
+
+def test_published_model_is_the_one_the_participants_decrypted(toy, tmp_path):
+    grid, context = toy(rounds=1, **{"publish-model": True})
+    summary = run_workflow(grid, context)
+    assert summary.published
+    reg = ModelRegistry(tmp_path / "coord")
+    published = reg.load_weights(summary.version)
+    local = np.load(next((tmp_path / "nodes" / "bank_b" / "models").rglob("*.npy")))
+    np.testing.assert_allclose(published, local, atol=1e-6)
+    version = reg.get(summary.version)
+    assert set(version.weights_location) == {"participants", "registry"}
