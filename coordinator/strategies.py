@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Protocol, Sequence
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from coordinator.workflows import wire
 from crypto.ckks_keys import EncryptedVector, PublicContext, decrypt, sum_encrypted

@@ -9,7 +9,7 @@ this node to publish the final model).
 Keys on disk (``<state-dir>``, mode 0600): ``keys/identity.key`` (Ed25519, signs wrapped keys),
 ``keys/wrap.key`` (X25519, receives wrapped keys) -- long-term; ``runs/<run>/aggregation.ckks``
 -- the run's CKKS aggregation secret, deleted after the final round. The decrypted final model goes
-to the local model store ``models/<name>/v<N>.npy`` + ``.json``.
+to the local model store ``models/<model-name>/<version>.npy`` (+ a ``.json`` card).
 """
 
 from __future__ import annotations
