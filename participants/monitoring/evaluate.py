@@ -1,0 +1,244 @@
+"""The early-warning evaluation: federated (all sources) vs bank-only monitoring on a synthetic
+consortium advanced month by month.
+
+Setup, all point in time:
+
+* a synthetic world (``participants.synth``) whose last written month is ``as_of``; the lender
+  (the bank) deploys its model at ``start = as_of − months`` and monitors months
+  ``start+1 .. as_of`` as each month's records arrive;
+* both models are trained at ``train_as_of = start − 12`` on features as of that month with labels
+  "default in the 12 months after it" — outcomes the bank has fully observed by ``start``, so
+  nothing from the monitoring window leaks into training. The federated model is the split model
+  over every holder, trained by the same schedule the Flower workflow runs
+  (:func:`protocols.vertical.run_in_process`); the bank-only model is the same recipe over the
+  bank's features alone;
+* the watchlist is every bank customer not in default at ``start``; each month each model's PD is
+  recomputed from features as of that month, the top ``rate`` is flagged, and a later default is
+  *warned early* when flagged at least ``lead`` months before it (see :mod:`.early_warning`).
+
+Scoring uses :class:`~participants.monitoring.scorers.PlaintextScorer` — the same model evaluated
+in the clear — because 12 months × thousands of firms × 2 models through CKKS would cost minutes
+and change no PD beyond 1e-4 (tested on a small watchlist). Outcomes come from the bank's ledger,
+which the simulator writes up to 12 months past ``as_of``: the judge may look ahead, the models do
+not.
+
+Run: ``python -m participants.monitoring.evaluate DIR [--enterprises 10000] [--seed 11] [--json]``
+(generates and advances the world when DIR holds none).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable, Mapping
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+from rich.console import Console
+from rich.table import Table
+
+from models.preprocessing import Preprocessor
+from models.training import torch_threads
+from participants.datastore import LocalDataStore
+from participants.features import build_features
+from participants.model_store import StoredBottom
+from participants.monitoring.early_warning import NEVER, ModelOutcome, evaluate_model
+from participants.monitoring.errors import MonitoringError
+from participants.monitoring.scorers import PlaintextScorer
+from participants.monitoring.stability import StabilityReport, feature_stability, score_stability
+from participants.synth import advance, generate
+from participants.synth.writer import MANIFEST
+from protocols.consortium import load_consortium
+from protocols.feature_schemas import LABEL_HORIZON_MONTHS, LABEL_LEDGER, month_index, month_str
+from protocols.vertical import BottomParty, TopParty, VerticalPlan, run_in_process
+
+FEDERATED = "federated"
+BANK_ONLY = "bank-only"
+TARGET_RATIO = 1.25
+HISTORY_MONTHS = 15
+"""Feature windows look 15 months back (``participants.features.stats.GRID_WIDTH``)."""
+
+PLAN = VerticalPlan(out_dim=4, batch_size=256, batches_per_round=8, epochs=40.0, lr=0.005,
+                    weight_decay=1e-3, seed=0)
+"""One training recipe for both models (chosen on the validation split of the training rows)."""
+
+
+class EarlyWarningReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    synth_dir: str
+    enterprises: int
+    train_as_of: str
+    start: str
+    months: list[str]
+    alert_rate: float
+    lead: int
+    watchlist: int
+    outcomes: list[ModelOutcome]
+    ratio: float | None = Field(description="federated / bank-only early-warned defaults")
+    target_ratio: float = TARGET_RATIO
+    score_stability: list[StabilityReport] = Field(description="federated PD, month over month (lender)")
+    feature_stability: list[StabilityReport] = Field(description="each holder's features, training month vs last")
+    seconds: float
+
+    @property
+    def meets_target(self) -> bool:
+        return self.ratio is not None and self.ratio >= self.target_ratio
+
+
+def ensure_world(path: Path, *, enterprises: int, seed: int, months: int, progress: Callable[[str], None]) -> dict:
+    """Reuse a synth folder, or generate one (36 months to 2024-12) and advance it ``months``."""
+    if not (path / MANIFEST).is_file():
+        progress(f"generating {enterprises:,} enterprises")
+        generate(path, enterprises=enterprises, seed=seed, months=36, as_of="2024-12")
+        progress(f"advancing the world {months} months")
+        advance(path, steps=months)
+    return json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+
+
+def _ledger_months(store: LocalDataStore) -> pd.DataFrame:
+    ledger = pd.read_csv(store.data_dir / LABEL_LEDGER.file, dtype=str, keep_default_na=False)
+
+    def idx(column: str) -> np.ndarray:
+        return np.array([month_index(v) if v else NEVER for v in ledger[column]], dtype=np.int64)
+
+    return pd.DataFrame({"since": idx(LABEL_LEDGER.customer_since), "default": idx(LABEL_LEDGER.default_month)},
+                        index=ledger[store.schema.id_column].astype(str))
+
+
+def train_split(features: Mapping[str, pd.DataFrame], labels: pd.Series, label_holder: str,
+                plan: VerticalPlan = PLAN, ref: str = "") -> dict[str, StoredBottom] | tuple:
+    """Train a split model in process on the label holder's universe; bottoms + top spec."""
+    universe = pd.Index(labels.index)
+    parties, preps = {}, {}
+    for name, frame in features.items():
+        preps[name] = Preprocessor.fit(frame.to_numpy(dtype=np.float64), list(frame.columns), winsorise=(0.01, 0.99))
+        rows = frame.index.get_indexer(universe)
+        present = rows >= 0
+        x = np.zeros((len(universe), frame.shape[1]))
+        if present.any():
+            x[present] = preps[name].transform(frame.to_numpy(dtype=np.float64)[rows[present]])
+        parties[name] = BottomParty(name, x, present, plan, is_label_holder=name == label_holder)
+    top = TopParty(labels.to_numpy(dtype=np.float64), plan)
+    with torch_threads(1):
+        run_in_process(parties, top, label_holder)
+    bottoms = {name: StoredBottom(ref=ref, model=p.model.eval(), preprocessor=preps[name],
+                                  feature_names=list(features[name].columns), meta={})
+               for name, p in parties.items()}
+    return bottoms, top.spec()
+
+
+def run_evaluation(synth_dir: str | Path, *, months: int = 12, enterprises: int = 10_000, seed: int = 11,
+                   rate: float = 0.10, lead: int = 3, progress: Callable[[str], None] | None = None) -> EarlyWarningReport:
+    started = time.perf_counter()
+    note = progress or (lambda _m: None)
+    path = Path(synth_dir)
+    if months < lead + 1:
+        raise MonitoringError(f"--months must exceed the lead ({lead}), got {months}")
+    manifest = ensure_world(path, enterprises=enterprises, seed=seed, months=months, progress=note)
+    last = month_index(manifest["as_of"])
+    start = last - months
+    train_as_of = start - LABEL_HORIZON_MONTHS
+    if train_as_of - HISTORY_MONTHS + 1 < int(manifest["start"]):
+        raise MonitoringError(f"{path}: needs records from {month_str(train_as_of - HISTORY_MONTHS + 1)} "
+                              f"to train at {month_str(train_as_of)}; generate more --months of history")
+    cfg = load_consortium(path / "consortium.toml")
+    stores = {p.name: LocalDataStore(p) for p in cfg.data_holders}
+    label_holder = cfg.label_holders[0].name
+
+    @lru_cache(maxsize=None)
+    def features_at(month: str) -> Mapping[str, pd.DataFrame]:
+        # Each holder builds its own features from its own records up to ``month`` only.
+        return {name: build_features(s.schema.kind, s.records, month) for name, s in stores.items()}
+
+    note(f"training at {month_str(train_as_of)}")
+    train_features = features_at(month_str(train_as_of))
+    labels = stores[label_holder].labels(month_str(train_as_of))
+    models = {
+        FEDERATED: train_split(train_features, labels, label_holder, ref="federated"),
+        BANK_ONLY: train_split({label_holder: train_features[label_holder]}, labels, label_holder, ref="bank-only"),
+    }
+    scorers = {name: PlaintextScorer(bottoms, spec, features_at, model_ref=name) for name, (bottoms, spec) in models.items()}
+
+    ledger = _ledger_months(stores[label_holder])
+    watch = ledger[(ledger["since"] <= start) & (ledger["default"] > start)]
+    usccs = list(watch.index)
+    subjects = [(u, "") for u in usccs]
+    window = list(range(start + 1, last + 1))
+    pds: dict[str, dict[int, np.ndarray]] = {name: {} for name in scorers}
+    for m in window:
+        note(f"scoring {month_str(m)}")
+        for name, scorer in scorers.items():
+            pds[name][m] = np.array([r.pd for r in scorer.score(subjects, month_str(m))])
+    default_month = watch["default"].to_numpy()
+    outcomes = [evaluate_model(name, pds[name], default_month, rate=rate, lead=lead) for name in scorers]
+    fed, bank = outcomes
+    ratio = fed.warned_early / bank.warned_early if bank.warned_early else None
+
+    score_drift = []
+    for prev, cur in zip(window, window[1:]):
+        alive_prev, alive_cur = default_month > prev, default_month > cur
+        score_drift.append(score_stability(pds[FEDERATED][prev][alive_prev], pds[FEDERATED][cur][alive_cur],
+                                           reference=month_str(prev), current=month_str(cur)))
+    holder_drift = [feature_stability(name, train_features[name], features_at(month_str(last))[name],
+                                      reference_month=month_str(train_as_of), current_month=month_str(last))
+                    for name in stores]
+    return EarlyWarningReport(
+        synth_dir=str(path), enterprises=int(manifest["n"]), train_as_of=month_str(train_as_of), start=month_str(start),
+        months=[month_str(m) for m in window], alert_rate=rate, lead=lead, watchlist=len(usccs), outcomes=outcomes,
+        ratio=ratio, score_stability=score_drift, feature_stability=holder_drift,
+        seconds=round(time.perf_counter() - started, 1),
+    )
+
+
+def render(report: EarlyWarningReport, console: Console | None = None) -> None:
+    console = console or Console(highlight=False)
+    table = Table(title=(f"early warning, {report.months[0]}..{report.months[-1]}: top {report.alert_rate:.0%} "
+                         f"of {report.watchlist:,} watched firms flagged monthly, warned >= {report.lead} months ahead"))
+    for col in ("model", "defaults", "warned early", "share", "median lead (months)", "mean monthly AUC"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for o in report.outcomes:
+        table.add_row(o.model, str(o.targets), str(o.warned_early), f"{o.share:.1%}",
+                      "-" if o.median_lead is None else f"{o.median_lead:.0f}", f"{o.mean_auc:.3f}")
+    ratio = "n/a" if report.ratio is None else f"{report.ratio:.2f}x"
+    verdict = "[green]meets[/]" if report.meets_target else "[red]misses[/]"
+    table.caption = (f"federated / bank-only = {ratio} ({verdict} the {report.target_ratio}x target); trained at "
+                     f"{report.train_as_of} (labels observed by {report.start}); {report.enterprises:,} enterprises; "
+                     f"{report.seconds:.0f} s")
+    console.print(table)
+    drift = Table(title="stability (PSI): > 0.25 retrain, 0.1-0.25 watch")
+    for col in ("scope", "reference", "current", "worst variable", "PSI", "status"):
+        drift.add_column(col)
+    worst_score = max(report.score_stability, key=lambda r: r.worst_psi, default=None)
+    for r in ([worst_score] if worst_score else []) + report.feature_stability:
+        drift.add_row(r.scope, r.reference, r.current, r.worst, f"{r.worst_psi:.3f}", r.status.value)
+    console.print(drift)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("synth_dir", type=Path)
+    parser.add_argument("--months", type=int, default=12)
+    parser.add_argument("--enterprises", type=int, default=10_000, help="when generating a world")
+    parser.add_argument("--seed", type=int, default=11, help="when generating a world")
+    parser.add_argument("--rate", type=float, default=0.10)
+    parser.add_argument("--lead", type=int, default=3)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    err = Console(stderr=True, highlight=False)
+    with err.status("starting") as status:
+        report = run_evaluation(args.synth_dir, months=args.months, enterprises=args.enterprises, seed=args.seed,
+                                rate=args.rate, lead=args.lead, progress=lambda m: status.update(m))
+    if args.json:
+        print(report.model_dump_json(indent=1))
+    else:
+        render(report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
