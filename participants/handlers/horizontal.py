@@ -202,7 +202,7 @@ def _frame(env: NodeEnv, participant: ParticipantConfig) -> tuple[np.ndarray, np
     return frame.to_numpy(dtype=np.float64), labels.to_numpy(dtype=np.float64)
 
 
-def load_local_data(env: NodeEnv) -> LocalData:
+def load_local_data(env: NodeEnv, *, with_test: bool = False) -> LocalData:
     """Read this participant's own records file and split off a stratified validation part.
 
     Only the ``custom`` feature schema (one row per entity, binary label) is used for horizontal
@@ -216,7 +216,7 @@ def load_local_data(env: NodeEnv) -> LocalData:
         x, y, test_size=env.settings.val_fraction, random_state=env.settings.seed, stratify=y
     )
     x_te = y_te = None
-    if env.test_file is not None and p.features is not None:
+    if with_test and env.test_file is not None and p.features is not None:
         test_path = env.test_file if env.test_file.is_absolute() else env.data_dir / env.test_file
         test_holder = p.model_copy(update={
             "name": f"{p.name}-test",
@@ -436,7 +436,7 @@ def handle_final(content: RecordDict, env: NodeEnv) -> RecordDict:
     """Decrypt the final model, keep it in our local model store, report its metrics (+ curves)."""
     s = env.settings
     cfg = content[REC_CONFIG]
-    data = load_local_data(env)
+    data = load_local_data(env, with_test=True)
     model = build_model(s, data.num_features)
     theta = _global_from(content, env, model)
     metrics: dict[str, Any] = _score(model, data.x_val, data.y_val, "val")
