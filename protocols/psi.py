@@ -68,6 +68,7 @@ __all__ = [
     "Selection",
     "PsiMessage",
     "PsiResult",
+    "PartyState",
     "LabelHolder",
     "Peer",
     "prepare_ids",
@@ -259,7 +260,61 @@ class _State(enum.Enum):
     DONE = "done"
 
 
+class PartyState(BaseModel):
+    """A party between two messages, for hosts that serve each message in a fresh process.
+
+    It holds the run's secrets (blinding scalar, tag-agreement key, secret order): keep it in the
+    node's in-memory run state (Flower's ``context.state``), never in logs, on the wire or on disk.
+    The ids are not part of it: the holder supplies them again to :meth:`LabelHolder.restore` /
+    :meth:`Peer.restore`.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_bytes="base64", val_json_bytes="base64")
+
+    name: _Name
+    config: PsiConfig
+    state: Literal["await-blinded", "await-tags", "await-selection"]
+    order: bytes
+    key: bytes
+    agreement: bytes
+    kept: dict[str, bytes] = Field(default_factory=dict)
+    universe: int = 0
+
+    def __repr__(self) -> str:
+        return f"PartyState(name={self.name!r}, state={self.state!r}, <secrets>)"
+
+    __str__ = __repr__
+
+
 class _Party:
+    def export_state(self) -> PartyState:
+        """Snapshot after ``start()`` or a ``handle()`` that left the run unfinished (holds secrets)."""
+        if self._state in (_State.NEW, _State.DONE):
+            raise ProtocolViolation(f"{self.name}: nothing to export in state {self._state.value}")
+        return PartyState(name=self.name, config=self.config, state=self._state.value,  # type: ignore[arg-type]
+                          order=self._order.astype("<i8").tobytes(), key=self._key.export_secret(),
+                          agreement=self._agreement.export_secret(), kept=self._kept_state(),
+                          universe=getattr(self, "_universe", 0))
+
+    @classmethod
+    def _restored(cls, snapshot: PartyState, ids: Sequence[str], workers: int | None) -> _Party:
+        self = cls.__new__(cls)
+        self.name, self.config = snapshot.name, snapshot.config
+        self._ids = prepare_ids(ids)
+        self._workers = workers
+        self._state = _State(snapshot.state)
+        self._order = np.frombuffer(snapshot.order, dtype="<i8").astype(np.int64)
+        if len(self._order) != len(self._ids) or (len(self._ids) and (
+                np.sort(self._order) != np.arange(len(self._ids))).any()):
+            raise ProtocolViolation(f"{self.name}: restored state was made for another list of ids")
+        self._key = BlindingKey.from_secret(snapshot.key)
+        self._agreement = TagAgreement.from_secret(snapshot.agreement)
+        self._result = None
+        return self
+
+    def _kept_state(self) -> dict[str, bytes]:
+        raise NotImplementedError
+
     def __init__(self, name: str, config: PsiConfig, ids: Sequence[str], *, workers: int | None) -> None:
         self.name = name
         self.config = config
@@ -319,6 +374,20 @@ class LabelHolder(_Party):
         super().__init__(config.label_holder, config, ids, workers=workers)
         self._kept: dict[str, bytes] = {}
         self._peer_sizes: dict[str, int] = {}
+
+    @classmethod
+    def restore(cls, snapshot: PartyState, ids: Sequence[str], *, workers: int | None = None) -> LabelHolder:
+        """Continue a run from :meth:`export_state`, given the same ids."""
+        if snapshot.name != snapshot.config.label_holder:
+            raise ProtocolViolation(f"state of {snapshot.name!r} is not the label holder's")
+        self = cls._restored(snapshot, ids, workers)
+        assert isinstance(self, LabelHolder)
+        self._kept = dict(snapshot.kept)
+        self._peer_sizes = {}
+        return self
+
+    def _kept_state(self) -> dict[str, bytes]:
+        return dict(self._kept)
 
     def start(self) -> list[Blinded | Tags | Selection]:
         self._expect(_State.NEW, "start")
@@ -390,6 +459,20 @@ class Peer(_Party):
         super().__init__(name, config, ids, workers=workers)
         self._kept = b""
         self._universe = 0
+
+    @classmethod
+    def restore(cls, snapshot: PartyState, ids: Sequence[str], *, workers: int | None = None) -> Peer:
+        """Continue a run from :meth:`export_state`, given the same ids."""
+        if snapshot.name not in snapshot.config.peers:
+            raise ProtocolViolation(f"state of {snapshot.name!r} is not a peer's")
+        self = cls._restored(snapshot, ids, workers)
+        assert isinstance(self, Peer)
+        self._kept = snapshot.kept.get(snapshot.config.label_holder, b"")
+        self._universe = snapshot.universe
+        return self
+
+    def _kept_state(self) -> dict[str, bytes]:
+        return {self.config.label_holder: self._kept} if self._kept else {}
 
     def start(self) -> list[Blinded | Tags | Selection]:
         self._expect(_State.NEW, "start")

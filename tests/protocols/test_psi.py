@@ -11,6 +11,7 @@ from crypto.errors import InvalidPoint
 from protocols.errors import DuplicateIdentifier, InvalidUSCC, ProtocolViolation
 from protocols.psi import (
     Blinded,
+    PartyState,
     LabelHolder,
     Peer,
     PsiConfig,
@@ -212,3 +213,44 @@ def test_schemas_reject_inconsistent_sizes() -> None:
         PsiConfig(consortium="c", run_id="r", label_holder="bank", peers=("bank",))
     with pytest.raises(ValueError):
         PsiConfig(consortium="c", run_id="r", label_holder="bank", peers=("a", "a"))
+
+
+@pytest.mark.parametrize("mode", ["universe", "intersection"])
+def test_parties_survive_a_fresh_process_per_message(mode: str) -> None:
+    """Every step restores the party from its JSON snapshot, as a host with one process per message would."""
+    cfg = _config(2, mode)
+    x, ys = _sets(2, seed=50, nx=200, ny=180)
+    inputs = {"bank": x, **ys}
+    live = {"bank": LabelHolder(cfg, x), **{p: Peer(p, cfg, ys[p]) for p in cfg.peers}}
+    out = [m for p in live.values() for m in p.start()]
+    saved = {name: p.export_state().model_dump_json() for name, p in live.items()}
+    assert all(x[0] not in s for s in saved.values()) and "secret" in repr(live["bank"].export_state())
+    results = {}
+    while len(results) < len(inputs):
+        boxes = route(out)
+        out = []
+        for name, box in boxes.items():
+            snap = PartyState.model_validate_json(saved[name])
+            kind = LabelHolder if name == "bank" else Peer
+            party = kind.restore(snap, inputs[name])
+            out += party.handle(box)
+            if party.done:
+                results[name] = party.result
+            else:
+                saved[name] = party.export_state().model_dump_json()
+    order_x = [x[i] for i in results["bank"].rows]
+    for p in cfg.peers:
+        if mode == "intersection":
+            assert [ys[p][i] for i in results[p].rows] == order_x
+        else:
+            assert {ys[p][i] for i in results[p].rows} == set(x) & set(ys[p])
+    with pytest.raises(ProtocolViolation, match="another list"):
+        LabelHolder.restore(_fresh_state(cfg, x), x[:-1])
+    with pytest.raises(ProtocolViolation, match="not a peer"):
+        Peer.restore(_fresh_state(cfg, x), x)
+
+
+def _fresh_state(cfg: PsiConfig, ids: list[str]) -> PartyState:
+    holder = LabelHolder(cfg, ids)
+    holder.start()
+    return holder.export_state()
