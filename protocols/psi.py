@@ -49,6 +49,7 @@ unexpected sender, for another run or with inconsistent sizes raises
 from __future__ import annotations
 
 import enum
+import hashlib
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -224,6 +225,14 @@ def prepare_ids(ids: Sequence[str]) -> list[str]:
     return out
 
 
+def _ids_digest(ids: Sequence[str]) -> bytes:
+    """Binds a saved state to the exact id list it was made for (local only, never sent)."""
+    h = hashlib.sha256()
+    for code in ids:
+        h.update(code.encode("ascii") + b"\n")
+    return h.digest()
+
+
 def _secret_permutation(n: int) -> np.ndarray:
     """A uniformly random permutation from os.urandom (argsort of random 64-bit keys)."""
     if n == 0:
@@ -279,6 +288,7 @@ class PartyState(BaseModel):
     agreement: bytes
     kept: dict[str, bytes] = Field(default_factory=dict)
     universe: int = 0
+    ids_digest: bytes
 
     def __repr__(self) -> str:
         return f"PartyState(name={self.name!r}, state={self.state!r}, <secrets>)"
@@ -294,7 +304,7 @@ class _Party:
         return PartyState(name=self.name, config=self.config, state=self._state.value,  # type: ignore[arg-type]
                           order=self._order.astype("<i8").tobytes(), key=self._key.export_secret(),
                           agreement=self._agreement.export_secret(), kept=self._kept_state(),
-                          universe=getattr(self, "_universe", 0))
+                          universe=getattr(self, "_universe", 0), ids_digest=_ids_digest(self._ids))
 
     @classmethod
     def _restored(cls, snapshot: PartyState, ids: Sequence[str], workers: int | None) -> _Party:
@@ -304,8 +314,7 @@ class _Party:
         self._workers = workers
         self._state = _State(snapshot.state)
         self._order = np.frombuffer(snapshot.order, dtype="<i8").astype(np.int64)
-        if len(self._order) != len(self._ids) or (len(self._ids) and (
-                np.sort(self._order) != np.arange(len(self._ids))).any()):
+        if len(self._order) != len(self._ids) or _ids_digest(self._ids) != snapshot.ids_digest:
             raise ProtocolViolation(f"{self.name}: restored state was made for another list of ids")
         self._key = BlindingKey.from_secret(snapshot.key)
         self._agreement = TagAgreement.from_secret(snapshot.agreement)

@@ -246,6 +246,8 @@ def test_parties_survive_a_fresh_process_per_message(mode: str) -> None:
             assert {ys[p][i] for i in results[p].rows} == set(x) & set(ys[p])
     with pytest.raises(ProtocolViolation, match="another list"):
         LabelHolder.restore(_fresh_state(cfg, x), x[:-1])
+    with pytest.raises(ProtocolViolation, match="another list"):
+        LabelHolder.restore(_fresh_state(cfg, x), x[:-1] + [ys["p0"][0] if ys["p0"][0] not in x else POOL[-1]])
     with pytest.raises(ProtocolViolation, match="not a peer"):
         Peer.restore(_fresh_state(cfg, x), x)
 
