@@ -145,8 +145,13 @@ class Watchlist:
         self.path = folder / WATCHLIST_FILE
         if not self.path.exists():
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        with self._conn() as conn:
-            conn.executescript(_SCHEMA)
+        conn = sqlite3.connect(self.path, timeout=30)
+        try:
+            conn.executescript(_SCHEMA)  # runs its own transaction
+        except sqlite3.Error as exc:
+            raise MonitoringError(f"{self.path}: not a watchlist database ({exc})") from None
+        finally:
+            conn.close()
 
     @contextmanager
     def _conn(self) -> Iterator[sqlite3.Connection]:
