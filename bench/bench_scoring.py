@@ -250,8 +250,10 @@ def start_deployment(
     limits=None,
     server_interceptors=(),
     client_interceptors=(),
+    external: dict[str, int] | None = None,
 ) -> Deployment:
-    """Responders for ``holders`` (default all) and a gateway, on free loopback ports."""
+    """Responders for ``holders`` (default all) and a gateway, on free loopback ports.
+    ``external``: holders already served elsewhere (e.g. other processes), by port."""
     from coordinator.scoring_gateway import GatewayCore, GrpcResponderTransport, Holder, KeyStore, registry_tops, serve_gateway
     from participants.scoring_responder import EmbeddingTable, ResponderCore, serve_responder
     from protocols.scoring import MutualTls, ScoringLimits
@@ -260,8 +262,9 @@ def start_deployment(
     responder_core = responder_core or ResponderCore
     gateway_core = gateway_core or GatewayCore
     tls_root = world.pki.root
-    running, addresses = {}, {}
-    for name in holders or world.holders:
+    running: dict[str, Any] = {}
+    addresses = {n: f"127.0.0.1:{port}" for n, port in (external or {}).items()}
+    for name in holders or [h for h in world.holders if h not in addresses]:
         table = EmbeddingTable.build(world.store(name), world.model_ref, world.features[name])
         core = responder_core(name, {world.model_ref: table}, consent[name], limits=limits)
         running[name] = serve_responder(core, "127.0.0.1:0", MutualTls.from_pki(tls_root, name))
@@ -340,6 +343,33 @@ class PlainLender:
 # ---------------------------------------------------------------------------------------------
 
 
+def _responder_process(world_root: str, holder: str, plain: bool, ports) -> None:
+    """Body of a responder process (spawned): serve until terminated."""
+    from participants.scoring_responder import EmbeddingTable, ResponderCore, serve_responder
+    from protocols.scoring import MutualTls
+
+    world = load_world(world_root)
+    table = EmbeddingTable.build(world.store(holder), world.model_ref, world.features[holder])
+    cls = _plain_cores()[0] if plain else ResponderCore
+    running = serve_responder(cls(holder, {world.model_ref: table}, AllowAll()), "127.0.0.1:0",
+                              MutualTls.from_pki(world.pki.root, holder))
+    ports.put((holder, running.port))
+    running.wait()
+
+
+def _spawn_responders(world: World, plain: bool):
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    ports = ctx.Queue()
+    procs = [ctx.Process(target=_responder_process, args=(str(world.root), h, plain, ports), daemon=True)
+             for h in world.holders]
+    for p in procs:
+        p.start()
+    found = dict(ports.get(timeout=600) for _ in procs)
+    return procs, found
+
+
 def _filler(n: int, seed: int = 0) -> list[str]:
     """Valid USCCs no holder knows (they cost the same as known ones: a zero row)."""
     from protocols.uscc import ALPHABET, make_uscc
@@ -352,8 +382,9 @@ def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def run(quick: bool) -> list[dict]:
-    """Rows: single-SME latency p50/p99, batch throughput, consent cost; each vs plaintext."""
+def run(quick: bool, processes: bool = True) -> list[dict]:
+    """Rows: single-SME latency p50/p99, batch throughput, consent cost; each vs plaintext.
+    ``processes``: each responder in its own process (as deployed); else threads of this one."""
     from concurrent import futures
 
     from crypto.ckks_keys import LenderKeyPair
@@ -385,9 +416,22 @@ def run(quick: bool) -> list[dict]:
                 list(ex.map(score_many, chunks))
             return batch_n / (time.perf_counter() - t0)
 
+        def deploy(plain: bool):
+            cores = _plain_cores() if plain else (None, None)
+            if not processes:
+                return start_deployment(world, allow, responder_core=cores[0], gateway_core=cores[1]), []
+            procs, ports = _spawn_responders(world, plain)
+            return start_deployment(world, allow, gateway_core=cores[1], external=ports), procs
+
+        def stop(dep, procs) -> None:
+            dep.stop()
+            for p in procs:
+                p.terminate()
+                p.join(10)
+
         # encrypted path
         allow = {h: AllowAll() for h in world.holders}
-        dep = start_deployment(world, allow)
+        dep, procs = deploy(False)
         keys = LenderKeyPair.generate()
         client = dep.lender(world, keys, timeout=120)
         client.register()
@@ -396,20 +440,20 @@ def run(quick: bool) -> list[dict]:
         he_tput = batch(lambda c: client.score(c, [grant_text[u] for u in c]))
         check = universe[:1000]
         he_pd = np.array([r.pd for r in client.score(check, [grant_text[u] for u in check])])
-        dep.stop()
+        stop(dep, procs)
 
         # plaintext path through the same services
-        plain_responder, plain_gateway = _plain_cores()
-        dep = start_deployment(world, allow, responder_core=plain_responder, gateway_core=plain_gateway)
+        dep, procs = deploy(True)
         plain = PlainLender(GrpcGatewayTransport(dep.address, MutualTls.from_pki(world.pki.root, LENDER)), keys.key_id)
         plain.score(universe[:2], [grant_text[u] for u in universe[:2]])
         pt_lat = single(lambda u: plain.score([u], [grant_text[u]]))
         pt_tput = batch(lambda c: plain.score(c, [grant_text[u] for u in c]))
         pt_pd = plain.score(check, [grant_text[u] for u in check])
-        dep.stop()
+        stop(dep, procs)
         err = float(np.max(np.abs(he_pd - pt_pd)))
 
-        base = {"bench": "scoring", "holders": len(world.holders), "max_error": err}
+        base = {"bench": "scoring", "holders": len(world.holders), "max_error": err,
+                "responders": "processes" if processes else "threads"}
         for stat, q, target in (("p50", 50, 50.0), ("p99", 99, 150.0)):
             he, pt = _percentile(he_lat, q), _percentile(pt_lat, q)
             rows.append({**base, "metric": f"single_{stat}_ms", "value": round(he, 2), "plaintext": round(pt, 2),
@@ -449,8 +493,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench_scoring", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats, 8,192-SME batch")
     parser.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    parser.add_argument("--threads", action="store_true", help="responders as threads of this process")
     args = parser.parse_args(argv)
-    rows = run(quick=args.quick)
+    rows = run(quick=args.quick, processes=not args.threads)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:

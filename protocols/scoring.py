@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from crypto.ckks_keys import EncryptedVector, PublicContext, decrypt, linear_combination, sum_encrypted
+from crypto.ckks_keys import EncryptedVector, decrypt, linear_combination
 from crypto.errors import CryptoError
 from protocols.errors import InvalidUSCC, ProtocolError
 from protocols.uscc import validate_uscc
@@ -64,7 +64,7 @@ __all__ = [
     "ReplayedRequest", "StaleRequest", "NotAuthorized", "RequiredSourceUnavailable", "ServiceUnavailable",
     "DeadlineExceeded", "status_name", "error_from_status",
     "Stamp", "ReplayGuard", "ScoringLimits", "ScoreScale", "GRADE_BANDS", "grade_for",
-    "SourceStatus", "SourceOutcome", "ScoreResult", "Layout", "layout_for", "depth_needed",
+    "SourceStatus", "ScoreResult", "Layout", "layout_for", "depth_needed",
     "ShareOut", "evaluate_top", "combine_shares", "validate_subjects", "MASK_BOUND",
 ]
 
@@ -283,18 +283,6 @@ class SourceStatus(StrEnum):
     ERROR = "error"
 
 
-class SourceOutcome(BaseModel):
-    """One holder's part in a request, as the gateway reports it."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    holder: str
-    status: SourceStatus
-    required: bool = False
-    detail: str = ""
-    refusals: dict[int, str] = Field(default_factory=dict)
-
-
 class ScoreResult(BaseModel):
     """A decrypted score for one enterprise.
 
@@ -370,6 +358,17 @@ class ShareOut:
     sign: float
 
 
+def _sum(vectors: Sequence[EncryptedVector]) -> EncryptedVector:
+    """Sum without copying an input: ``a + b`` allocates the result, the rest is added in place
+    (TenSEAL's vector copy costs as much as a serialization round trip)."""
+    if len(vectors) == 1:
+        return vectors[0]
+    total = vectors[0] + vectors[1]
+    for v in vectors[2:]:
+        total.add_(v)
+    return total
+
+
 def _wrap(op: str, fn):
     try:
         return fn()
@@ -394,7 +393,7 @@ def evaluate_top(
     rng = rng or np.random.default_rng(secrets.randbits(128))
     d = spec.in_dim
     if spec.kind == "linear":
-        total = _wrap("sum", lambda: sum_encrypted([c[0] for c in contributions]))
+        total = _wrap("sum", lambda: _sum([c[0] for c in contributions]))
         if len(total) != n * d:
             raise KeyNotUsable(f"contribution holds {len(total)} values, expected {n}×{d}")
         masks = rng.uniform(-MASK_BOUND, MASK_BOUND, size=(d, n))
@@ -403,7 +402,7 @@ def evaluate_top(
         out = _wrap("linear top", lambda: total.mul_plain(pattern).add_plain(masks.ravel()))
         return [ShareOut(out, d, 1.0)]
     assert spec.w1 is not None and spec.b1 is not None and spec.coeffs is not None
-    z = [_wrap("sum", lambda j=j: sum_encrypted([c[j] for c in contributions])) for j in range(d)]
+    z = [_wrap("sum", lambda j=j: _sum([c[j] for c in contributions])) for j in range(d)]
     if any(len(v) != n for v in z):
         raise KeyNotUsable(f"column contributions must hold {n} values each")
     c0, c1, c2 = spec.coeffs
@@ -423,11 +422,11 @@ def evaluate_top(
         pos.append(_wrap("linear term", lambda: linear_combination(z, v_lin.tolist())))
     if not pos:
         pos.append(_wrap("zero", lambda: z[0].mul_plain(0.0)))
-    p = _wrap("sum", lambda: sum_encrypted(pos))
+    p = _wrap("sum", lambda: _sum(pos))
     if not neg:
         return [ShareOut(_wrap("constant", lambda: p.add_plain(const)), 1, 1.0)]
     mask = rng.uniform(-MASK_BOUND, MASK_BOUND, size=n)
-    m = _wrap("sum", lambda: sum_encrypted(neg))
+    m = _wrap("sum", lambda: _sum(neg))
     return [
         ShareOut(_wrap("mask", lambda: p.add_plain(mask + const)), 1, 1.0),
         ShareOut(_wrap("mask", lambda: m.add_plain(mask)), 1, -1.0),

@@ -81,9 +81,16 @@ def client(deployment, world, lender_keys):
     return c
 
 
-def test_encrypted_scores_match_plaintext_on_1000_smes(world, client) -> None:
-    usccs = world.universe()[:1000]
-    results = client.score(usccs, [world.grant(u) for u in usccs])
+def test_encrypted_scores_match_plaintext_on_1000_smes(world, lender_keys) -> None:
+    # Consent is allowed here (the other tests run the real guard): this one is about the arithmetic.
+    dep = start_deployment(world, {h: AllowAll() for h in world.holders})
+    try:
+        client = dep.lender(world, lender_keys, timeout=120)
+        client.register()
+        usccs = world.universe()[:1000]
+        results = client.score(usccs, [world.grant(u) for u in usccs])
+    finally:
+        dep.stop()
     pds = np.array([r.pd for r in results])
     expected = world.plaintext_pd(usccs)
     assert [r.uscc for r in results] == usccs
@@ -445,3 +452,28 @@ def test_gateway_is_blind(world, guards) -> None:
     assert _no_bytes_fields(pb.ContributeRequest.DESCRIPTOR)
     to_responders = [m for d, _, m in client_rec.messages if d == "sent"]
     assert {type(m).__name__ for m in to_responders} == {"InstallKeyRequest", "ContributeRequest"}
+
+
+class _WrongKey(ResponderCore):
+    """A broken holder that encrypts under some other key than the lender's."""
+
+    other = LenderKeyPair.generate().public_context_bytes()
+
+    def contribute(self, **kwargs):
+        kwargs["key_id"] = self.install_key(self.other)
+        return super().contribute(**kwargs)
+
+
+def test_ciphertext_under_another_key_is_left_out_and_named(world, lender_keys) -> None:
+    dep = start_deployment(world, {h: AllowAll() for h in world.holders}, responder_core=(
+        lambda name, *a, **k: (_WrongKey if name == "tax" else ResponderCore)(name, *a, **k)))
+    try:
+        c = dep.lender(world, lender_keys, timeout=30)
+        c.register()
+        usccs = world.universe()[60:63]
+        results = c.score(usccs, [world.grant(u) for u in usccs])
+    finally:
+        dep.stop()
+    assert all(r.missing == {"tax": "error"} and r.sources == ("bank", "utility") for r in results)
+    expected = world.plaintext_pd(usccs, holders=["bank", "utility"])
+    assert np.max(np.abs(np.array([r.pd for r in results]) - expected)) < 1e-4
