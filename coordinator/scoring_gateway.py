@@ -322,7 +322,7 @@ class GatewayCore:
         n = len(codes)
         if n * spec.in_dim > ctx.slot_count * 64:
             raise RequestTooLarge(f"{n} enterprises exceed what one request may carry under this key")
-        layout = layout_for(spec)
+        layout = layout_for(spec, n, ctx.slot_count)
         expect = 1 if layout == "packed" else spec.in_dim
         subjects = [pb.Subject(uscc=u, grant_json=g) for u, g in zip(codes, grants)]
         calls = []

@@ -17,9 +17,11 @@ Flow (protocol 4 of the design)::
 
 Packings (enterprises always in CKKS slots):
 
-* linear top, layout ``packed``: each holder sends one envelope holding its (n × d) output
-  column-major (d blocks of n). Gateway: Σ holders, × ``repeat(w2, n)``, + zero-sum masks carrying
-  the bias. One multiplicative level; one ciphertext per holder when n·d ≤ slots.
+* linear top, layout ``packed`` (n·d ≤ slots, e.g. a single enterprise): each holder sends one
+  ciphertext holding its (n × d) output column-major (d blocks of n). Gateway: Σ holders,
+  × ``repeat(w2, n)``, + zero-sum masks carrying the bias; the lender adds the d blocks.
+* linear top, layout ``columns`` (larger batches): d ciphertexts per holder (one per output
+  dimension); the gateway computes ``Σ_j w2_j·z_j + b2`` itself and returns one logit vector.
 * square/poly top, layout ``columns``: d envelopes per holder. With ``q_k = w2_k·c2`` and
   ``s_k = sqrt|q_k|`` the gateway computes ``t_k = s_k·(W1_k·z + b1_k)`` (level 1) and ``t_k²``
   (level 2); the ``c1`` term folds into one linear combination of z and the constant into a plain
@@ -343,8 +345,10 @@ MASK_BOUND = float(2**20)
 statistical distance of about v / MASK_BOUND, well inside CKKS headroom at scale 2^40."""
 
 
-def layout_for(spec: TopSpec) -> Layout:
-    return "packed" if spec.kind == "linear" else "columns"
+def layout_for(spec: TopSpec, n: int, slots: int) -> Layout:
+    """``packed`` while one holder's whole (n × d) block fits one ciphertext (linear top only);
+    otherwise ``columns``, where the gateway finishes a linear top itself (one output ciphertext)."""
+    return "packed" if spec.kind == "linear" and n * spec.in_dim <= slots else "columns"
 
 
 def depth_needed(spec: TopSpec) -> int:
@@ -392,6 +396,11 @@ def evaluate_top(
         raise KeyNotUsable("no contribution to evaluate")
     rng = rng or np.random.default_rng(secrets.randbits(128))
     d = spec.in_dim
+    if spec.kind == "linear" and len(contributions[0]) == d and d > 1:  # columns layout
+        z = [_wrap("sum", lambda j=j: _sum([c[j] for c in contributions])) for j in range(d)]
+        if any(len(v) != n for v in z):
+            raise KeyNotUsable(f"column contributions must hold {n} values each")
+        return [ShareOut(_wrap("linear top", lambda: linear_combination(z, spec.w2.tolist(), float(spec.b2))), 1, 1.0)]
     if spec.kind == "linear":
         total = _wrap("sum", lambda: _sum([c[0] for c in contributions]))
         if len(total) != n * d:

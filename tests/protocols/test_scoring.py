@@ -196,14 +196,14 @@ def test_statuses_map_to_typed_errors(status: str, message: str, cls: type) -> N
 # ---------------------------------------------------------------------------------------------
 
 
-def _contributions(public, spec, parts):
-    if layout_for(spec) == "packed":
+def _contributions(public, spec, parts, layout=None):
+    if (layout or layout_for(spec, len(parts[0]), public.slot_count)) == "packed":
         return [[encrypt_vector(public, p.T.ravel())] for p in parts]
     return [encrypt_columns(public, p) for p in parts]
 
 
-@pytest.mark.parametrize("kind", ["linear", "square", "poly"])
-def test_encrypted_top_matches_plaintext_model(keys, public, kind: str) -> None:
+@pytest.mark.parametrize("kind, layout", [("linear", "packed"), ("linear", "columns"), ("square", None), ("poly", None)])
+def test_encrypted_top_matches_plaintext_model(keys, public, kind: str, layout: str | None) -> None:
     import torch
 
     torch.manual_seed(3)
@@ -211,7 +211,9 @@ def test_encrypted_top_matches_plaintext_model(keys, public, kind: str) -> None:
     rng = np.random.default_rng(1)
     n = 300
     parts = [rng.normal(size=(n, 4)) for _ in range(3)]
-    shares = evaluate_top(spec, _contributions(public, spec, parts), n)  # gateway: public context only
+    shares = evaluate_top(spec, _contributions(public, spec, parts, layout), n)  # gateway: public context only
+    if kind == "linear":  # packed: the lender adds 4 masked blocks; columns: one logit vector
+        assert [s.blocks for s in shares] == ([4] if layout == "packed" else [1])
     wire = [(s.vector.to_bytes(), s.blocks, s.sign) for s in shares]
     logits = combine_shares(keys, wire, n)
     expected = plain_top(spec, parts[0] + parts[1] + parts[2])
@@ -219,6 +221,15 @@ def test_encrypted_top_matches_plaintext_model(keys, public, kind: str) -> None:
     assert np.max(np.abs(logits - expected)) < 1e-3
     with pytest.raises(MissingSecretKey):
         combine_shares(public, wire, n)
+
+
+def test_layout_packs_small_batches_only() -> None:
+    import torch
+
+    torch.manual_seed(0)
+    linear, poly = TopModel(4, "linear").he_spec(), TopModel(4, "poly").he_spec()
+    assert layout_for(linear, 1, 4096) == "packed" and layout_for(linear, 1024, 4096) == "packed"
+    assert layout_for(linear, 1025, 4096) == "columns" and layout_for(poly, 1, 4096) == "columns"
 
 
 def test_poly_top_with_negative_units_uses_two_shares(keys, public) -> None:
