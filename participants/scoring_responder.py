@@ -50,7 +50,7 @@ from protocols.scoring import (
 )
 from protocols.uscc import validate_uscc
 
-__all__ = ["ConsentChecker", "EmbeddingTable", "ResponderCore", "ResponderService", "serve_responder", "RunningServer"]
+__all__ = ["ConsentChecker", "EmbeddingTable", "ZeroPool", "ResponderCore", "ResponderService", "serve_responder", "RunningServer"]
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,58 @@ class EmbeddingTable:
         return out
 
 
+class ZeroPool:
+    """Encryptions of zero made ahead of time, each used once: a request's encryption becomes
+    ``Enc(0) + encode(m)`` (fresh randomness, as secure as encrypting ``m``), taking the costly part
+    of CKKS encryption off the latency path of single-enterprise requests."""
+
+    def __init__(self, target: int = 4) -> None:
+        self.target = target
+        self._pools: dict[tuple[str, int], list] = {}
+        self._contexts: dict[str, PublicContext] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def take(self, ctx: PublicContext, length: int):
+        """A fresh Enc(0) of ``length`` slots, or None (and a refill is scheduled)."""
+        key = (ctx.key_id, length)
+        with self._lock:
+            pool = self._pools.setdefault(key, [])
+            self._contexts[ctx.key_id] = ctx
+            zero = pool.pop() if pool else None
+            if self._thread is None and self.target > 0:
+                self._thread = threading.Thread(target=self._refill, name="zero-pool", daemon=True)
+                self._thread.start()
+        self._wake.set()
+        return zero
+
+    def _refill(self) -> None:
+        while not self._closed:
+            self._wake.wait(1.0)
+            self._wake.clear()
+            while not self._closed:
+                with self._lock:
+                    todo = next(((k, self._contexts[k[0]]) for k, p in self._pools.items() if len(p) < self.target), None)
+                if todo is None:
+                    break
+                (key_id, length), ctx = todo
+                zero = encrypt_vector(ctx, np.zeros(length))
+                with self._lock:
+                    self._pools.setdefault((key_id, length), []).append(zero)
+
+    def drop(self, key_id: str) -> None:
+        with self._lock:
+            for k in [k for k in self._pools if k[0] == key_id]:
+                del self._pools[k]
+            self._contexts.pop(key_id, None)
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+
+
 class ResponderCore:
     """One holder's request logic without transport (tests drive it directly)."""
 
@@ -101,6 +153,7 @@ class ResponderCore:
         *,
         limits: ScoringLimits | None = None,
         max_keys: int = 64,
+        zero_pool: int = 4,
     ) -> None:
         self.name = name
         self.limits = limits or ScoringLimits()
@@ -110,6 +163,10 @@ class ResponderCore:
         self._keys: OrderedDict[str, PublicContext] = OrderedDict()
         self._max_keys = max_keys
         self._lock = threading.Lock()
+        self.zeros = ZeroPool(zero_pool)
+
+    def close(self) -> None:
+        self.zeros.close()
 
     # keys ------------------------------------------------------------------------------------
     def install_key(self, public_context: bytes) -> str:
@@ -123,7 +180,7 @@ class ResponderCore:
             self._keys[ctx.key_id] = ctx
             self._keys.move_to_end(ctx.key_id)
             while len(self._keys) > self._max_keys:
-                self._keys.popitem(last=False)
+                self.zeros.drop(self._keys.popitem(last=False)[0])
         return ctx.key_id
 
     def key(self, key_id: str) -> PublicContext:
@@ -174,7 +231,10 @@ class ResponderCore:
                 refusals[i] = decision.reason.value if decision.reason is not None else "refused"
         block = table.lookup(codes, allowed)
         if layout == "packed":
-            envelopes = [encrypt_vector(ctx, block.T.ravel()).to_bytes()]
+            flat = block.T.ravel()
+            zero = self.zeros.take(ctx, flat.size) if len(codes) == 1 else None
+            vector = zero.add_plain(flat) if zero is not None else encrypt_vector(ctx, flat)
+            envelopes = [vector.to_bytes()]
         else:
             envelopes = [v.to_bytes() for v in encrypt_columns(ctx, block)]
         return envelopes, table.out_dim, refusals
@@ -241,6 +301,9 @@ class RunningServer:
 
     def stop(self, grace: float | None = 0.5) -> None:
         self.server.stop(grace).wait()
+        core = self.extra.get("core")
+        if core is not None:
+            core.close()
 
     def wait(self) -> None:
         self.server.wait_for_termination()
@@ -265,4 +328,4 @@ def serve_responder(
     if port == 0:
         raise OSError(f"cannot bind scoring responder to {address}")
     server.start()
-    return RunningServer(server, port)
+    return RunningServer(server, port, {"core": core})

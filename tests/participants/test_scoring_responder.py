@@ -190,3 +190,23 @@ def test_a_client_without_a_consortium_certificate_cannot_connect(world, env, tm
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         running.stop(0)
+
+
+def test_single_enterprise_replies_use_each_pooled_zero_once(world, keys, env) -> None:
+    import time
+
+    core, table, _ = env
+    known, _ = _known_and_unknown(world)
+    outputs = []
+    for _ in range(3):
+        envelopes, d, _ = _call(core, world, known[:1], [world.grant(known[0])])
+        outputs.append(envelopes[0])
+        deadline = time.monotonic() + 20
+        while not core.zeros._pools.get((keys.key_id, d)) and time.monotonic() < deadline:
+            time.sleep(0.05)  # let the background refill run
+    expected = table.matrix[table.index[known[0]]]
+    for envelope in outputs:
+        assert np.max(np.abs(_decrypt_block(keys, [envelope], 1, d)[0] - expected)) < 1e-5
+    assert len(set(outputs)) == 3  # fresh randomness every time: no two replies share ciphertext bytes
+    assert core.zeros._pools[(keys.key_id, d)]  # later requests were served from the pool
+    core.close()
