@@ -21,9 +21,9 @@ from typing import Iterable, Protocol, Sequence
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from coordinator.workflows import wire
 from crypto.ckks_keys import EncryptedVector, PublicContext, decrypt, sum_encrypted
 from protocols.errors import ProtocolViolation
+from protocols.wire import horizontal as wire
 
 __all__ = [
     "NodeReply",

@@ -34,11 +34,11 @@ from coordinator.strategies import (
     RoundOutcome,
     make_strategy,
 )
-from coordinator.workflows import wire
 from coordinator.workflows.privacy import PrivacySpent, account
 from crypto.ckks_keys import PublicContext
 from crypto.errors import CryptoError
 from protocols.errors import ConfigError, ProtocolViolation
+from protocols.wire import horizontal as wire
 
 log = logging.getLogger("flwr").getChild("fedscore.horizontal")
 

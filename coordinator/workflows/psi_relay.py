@@ -1,6 +1,6 @@
 """The coordinator's part in multi-party ECDH-PSI: relay opaque bytes, learn sizes only.
 
-Three Flower rounds (see :mod:`coordinator.workflows.vertical_wire`): collect every party's
+Three Flower rounds (see :mod:`protocols.wire.vertical`): collect every party's
 blinded set; hand the label holder every peer's set and each peer the label holder's set, collect
 tags; hand each side the tags meant for it, collect match sizes. Blinded values are under secret
 per-run scalars and tags under keys from an X25519 agreement between the two parties, so nothing
@@ -18,8 +18,8 @@ from typing import Callable, Mapping, Sequence
 from flwr.app import ConfigRecord, RecordDict
 
 from coordinator.strategies import NodeReply
-from coordinator.workflows import vertical_wire as w
 from protocols.errors import ProtocolViolation
+from protocols.wire import vertical as w
 
 #: ``exchange(plan, message_type) -> replies``: one Flower round (the workflow supplies it).
 Exchange = Callable[[list[tuple[int, RecordDict]], str], list[NodeReply]]

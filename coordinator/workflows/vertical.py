@@ -6,7 +6,7 @@ itself is revealed by design), gradients wrapped to each passive participant's X
 the label holder's final metrics and HE-friendly top spec. It never sees a single participant's
 plaintext output, a gradient, a label or an id.
 
-Rounds (``vertical_wire`` has the message list): 3 PSI + 1 setup + (R + 2) training + 1 final,
+Rounds (:mod:`protocols.wire.vertical` has the message list): 3 PSI + 1 setup + (R + 2) training + 1 final,
 where R is the number of forward rounds the plan's schedule needs. Every participant is needed in
 every round (masks cancel only when all contribute), so any failure ends the run with the
 participant named and the registry version marked failed.
@@ -35,13 +35,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from coordinator.registry import ModelRegistry, ModelVersion
 from coordinator.strategies import NodeReply
-from coordinator.workflows import vertical_wire as w
 from coordinator.workflows.horizontal import _exchange, _wait_for_nodes
 from coordinator.workflows.psi_relay import PsiRelayState, run_psi
 from crypto.masking import MaskedVector, sum_masked
 from protocols.consortium import load_consortium
 from protocols.errors import ConfigError, ProtocolViolation
 from protocols.vertical import Schedule, VerticalPlan, label_dp_epsilon
+from protocols.wire import vertical as w
 
 log = logging.getLogger("flwr").getChild("fedscore.vertical")
 

@@ -36,38 +36,38 @@ from models.training import predict_proba, seed_everything
 from participants.datasets.frames import participant_frame
 from protocols.consortium import ConsortiumConfig, ParticipantConfig, load_consortium
 from protocols.errors import ConfigError, ProtocolViolation
-
-# --- wire names (mirrors coordinator.workflows.wire; a contract test keeps them equal) -----------
-MSG_HELLO = "query.hfl_hello"
-MSG_KEYGEN = "query.hfl_keygen"
-MSG_FIT = "train.hfl_fit"
-MSG_FINAL = "evaluate.hfl_final"
-REC_CONFIG = "config"
-REC_PAYLOAD = "payload"
-REC_ARRAYS = "arrays"
-REC_METRICS = "metrics"
-K_PARTICIPANT = "participant"
-K_ROUND = "round"
-K_KEY_ID = "key-id"
-K_HOLDER = "holder"
-K_PEERS = "peers"
-K_VERSION = "version"
-K_PUBLISH = "publish"
-K_NUM_TRAIN = "num-train"
-K_NUM_VAL = "num-val"
-K_NUM_FEATURES = "num-features"
-K_NUM_PARAMS = "num-params"
-P_WRAP_KEY = "wrap-key"
-P_IDENTITY_KEY = "identity-key"
-P_PEER_WRAP_KEYS = "peer-wrap-keys"
-P_PUBLIC_CONTEXT = "public-context"
-P_WRAPPED = "wrapped"
-P_HOLDER_IDENTITY = "holder-identity"
-P_AGGREGATE = "aggregate"
-P_UPDATE = "update"
-A_AGGREGATE = "aggregate"
-A_UPDATE = "update"
-A_WEIGHTS = "weights"
+from protocols.wire.horizontal import (
+    A_AGGREGATE,
+    A_UPDATE,
+    A_WEIGHTS,
+    K_HOLDER,
+    K_KEY_ID,
+    K_NUM_FEATURES,
+    K_NUM_PARAMS,
+    K_NUM_TRAIN,
+    K_NUM_VAL,
+    K_PARTICIPANT,
+    K_PEERS,
+    K_PUBLISH,
+    K_ROUND,
+    K_VERSION,
+    MSG_FINAL,
+    MSG_FIT,
+    MSG_HELLO,
+    MSG_KEYGEN,
+    P_AGGREGATE,
+    P_HOLDER_IDENTITY,
+    P_IDENTITY_KEY,
+    P_PEER_WRAP_KEYS,
+    P_PUBLIC_CONTEXT,
+    P_UPDATE,
+    P_WRAP_KEY,
+    P_WRAPPED,
+    REC_ARRAYS,
+    REC_CONFIG,
+    REC_METRICS,
+    REC_PAYLOAD,
+)
 
 CURVE_POINTS = 51  # ROC / KS curves leave the node as this many summary points, no thresholds
 
@@ -495,10 +495,6 @@ HANDLERS: dict[str, Callable[[RecordDict, Context], RecordDict]] = {
     MSG_KEYGEN: _with_env(handle_keygen),
     MSG_FIT: _with_env(handle_fit),
     MSG_FINAL: _with_env(handle_final),
-}
-
-ALL_NAMES: dict[str, str] = {
-    k: v for k, v in dict(globals()).items() if k.isupper() and isinstance(v, str) and k != "CURVE_POINTS"
 }
 
 __all__ = [

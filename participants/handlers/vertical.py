@@ -43,55 +43,53 @@ from participants.model_store import LocalModelStore
 from protocols.consortium import ConsortiumConfig, ParticipantConfig, load_consortium
 from protocols.errors import ConfigError, ProtocolViolation
 from protocols.vertical import BottomParty, Schedule, TopParty, VerticalPlan, coverage_metrics
+from protocols.wire.vertical import (
+    K_AS_OF,
+    K_COVERAGE,
+    K_DIRECTORY,
+    K_IDENTITY_FINGERPRINT,
+    K_LABEL_HOLDER,
+    K_MASK_ANNOUNCEMENT,
+    K_MATCHED,
+    K_MATCHED_BY_PEER,
+    K_NUM_FEATURES,
+    K_PARTICIPANT,
+    K_PEERS,
+    K_PLAN,
+    K_ROLE,
+    K_ROUND,
+    K_STORED,
+    K_TOP_SPEC,
+    K_UNIVERSE,
+    K_VERSION,
+    K_WRAP_ANNOUNCEMENT,
+    MSG_FINAL,
+    MSG_PSI_BLIND,
+    MSG_PSI_MATCH,
+    MSG_PSI_REBLIND,
+    MSG_SETUP,
+    MSG_STEP,
+    P_BLINDED,
+    P_GRAD,
+    P_GRADS,
+    P_IDENTITY_KEY,
+    P_MASKED,
+    P_MASKED_VAL,
+    P_PEER_BLINDED,
+    P_PEER_TAGS,
+    P_PEER_TAG_KEYS,
+    P_TAGS,
+    P_TAG_KEY,
+    P_Z,
+    P_Z_VAL,
+    REC_CONFIG,
+    REC_METRICS,
+    REC_PAYLOAD,
+    ROLE_LABEL_HOLDER,
+    ROLE_PEER,
+)
 
-# --- wire names (mirrors coordinator.workflows.vertical_wire; a contract test keeps them equal) ---
-MSG_PSI_BLIND = "query.vfl_psi_blind"
-MSG_PSI_REBLIND = "query.vfl_psi_reblind"
-MSG_PSI_MATCH = "query.vfl_psi_match"
-MSG_SETUP = "query.vfl_setup"
-MSG_STEP = "train.vfl_step"
-MSG_FINAL = "evaluate.vfl_final"
-REC_CONFIG = "vconfig"
-REC_PAYLOAD = "vpayload"
-REC_METRICS = "vmetrics"
-K_PARTICIPANT = "participant"
-K_LABEL_HOLDER = "label-holder"
-K_ROLE = "role"
-K_DOMAIN = "domain"
-K_SESSION = "session"
-K_AS_OF = "as-of"
-K_PLAN = "plan"
-K_ROUND = "round"
-K_ROUNDS = "rounds"
-K_PEERS = "peers"
-K_UNIVERSE = "universe"
-K_MATCHED = "matched"
-K_MATCHED_BY_PEER = "matched-by-peer"
-K_NUM_FEATURES = "num-features"
-K_IDENTITY_FINGERPRINT = "identity-fingerprint"
-K_MASK_ANNOUNCEMENT = "mask-announcement"
-K_WRAP_ANNOUNCEMENT = "wrap-announcement"
-K_DIRECTORY = "directory"
-K_VERSION = "version"
-K_TOP_SPEC = "top-spec"
-K_COVERAGE = "coverage"
-K_STORED = "stored"
-P_BLINDED = "blinded"
-P_TAG_KEY = "tag-key"
-P_PEER_BLINDED = "peer-blinded"
-P_PEER_TAG_KEYS = "peer-tag-keys"
-P_TAGS = "tags"
-P_PEER_TAGS = "peer-tags"
-P_IDENTITY_KEY = "identity-key"
-P_MASKED = "masked"
-P_MASKED_VAL = "masked-val"
-P_Z = "z"
-P_Z_VAL = "z-val"
-P_GRADS = "grads"
-P_GRAD = "grad"
-ROLE_LABEL_HOLDER = "label-holder"
-ROLE_PEER = "peer"
-
+# Ed25519 signature domains of messages between participants (the coordinator only relays them).
 WRAP_DOMAIN = "vertical.wrap-key/v1"
 GRAD_DOMAIN = "vertical.grad/v1"
 
@@ -606,11 +604,6 @@ HANDLERS: dict[str, Callable[[RecordDict, Context], RecordDict]] = {
     MSG_SETUP: _with_env(handle_setup),
     MSG_STEP: _with_env(handle_step),
     MSG_FINAL: _with_env(handle_final),
-}
-
-ALL_NAMES: dict[str, str] = {
-    k: v for k, v in dict(globals()).items()
-    if k.isupper() and isinstance(v, str) and k not in ("WRAP_DOMAIN", "GRAD_DOMAIN")
 }
 
 __all__ = ["HANDLERS", "NodeEnv", "Trainer", "load_own_data", "resolve_env"]

@@ -16,11 +16,12 @@ from flwr.app import RecordDict
 
 from coordinator.registry import ModelRegistry
 from coordinator.strategies import CkksSum, InsufficientNodes
-from coordinator.workflows import horizontal, run_workflow, wire
+from coordinator.workflows import horizontal, run_workflow
 from crypto.ckks_keys import PublicContext
 from crypto.errors import MissingSecretKey
 from participants.handlers import horizontal as handlers
 from protocols.errors import ConfigError
+from protocols.wire import horizontal as wire
 
 FEATURES = 5
 

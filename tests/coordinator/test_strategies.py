@@ -17,7 +17,7 @@ from coordinator.strategies import (
     PlainSum,
     make_strategy,
 )
-from coordinator.workflows import wire
+from protocols.wire import horizontal as wire
 from coordinator.workflows.privacy import account, gaussian_rdp_epsilon
 from crypto.ckks_keys import AggregationKey, decrypt, encrypt_vector
 from crypto.errors import MissingSecretKey, SecretKeyPresent

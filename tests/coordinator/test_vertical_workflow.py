@@ -19,18 +19,14 @@ import coordinator.workflows.vertical as workflow
 from coordinator.registry import ModelRegistry
 from coordinator.strategies import NodeReply
 from coordinator.workflows import psi_relay
-from coordinator.workflows import vertical_wire as wire
 from crypto.masking import MaskedVector, decode_fixed
 from participants.datasets.ids import synthetic_usccs
 from participants.handlers import vertical as handlers
 from participants.model_store import LocalModelStore
 from protocols.errors import ConfigError, ProtocolViolation
+from protocols.wire import vertical as wire
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def test_wire_names_match_the_participant_side() -> None:
-    assert wire.ALL_NAMES == handlers.ALL_NAMES
 
 
 def write_consortium(root: Path, n: int = 500, seed: int = 0) -> tuple[Path, dict[str, list[str]]]:

@@ -1,22 +1,19 @@
-"""The ClientApp routes every horizontal message type, and both sides of the wire agree on names."""
+"""The ClientApp routes every message type the coordinator sends; run config is validated."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from coordinator.workflows import wire
 from participants import client_app
-from participants.handlers import horizontal as handlers
 from participants.handlers.horizontal import TrainSettings, _privatise, settings_from
 from protocols.errors import ConfigError
+from protocols.wire import horizontal as horizontal_wire
+from protocols.wire import vertical as vertical_wire
 
 
-def test_wire_names_match_on_both_sides():
-    assert handlers.ALL_NAMES == wire.ALL_NAMES
-
-
-def test_every_coordinator_message_type_has_a_registered_handler():
+@pytest.mark.parametrize("wire", [horizontal_wire, vertical_wire], ids=["horizontal", "vertical"])
+def test_every_coordinator_message_type_has_a_registered_handler(wire):
     sent = {v for k, v in wire.ALL_NAMES.items() if k.startswith("MSG_")}
     assert sent <= set(client_app.HANDLERS)
     registered = set(client_app.app._registered_funcs)  # what Flower will dispatch on

@@ -1,7 +1,8 @@
-"""Message types and record keys of vertical training, as the coordinator speaks them.
+"""Message types and record keys of vertical training.
 
-The participant side (``participants.handlers.vertical``) declares the same names; a contract test
-keeps the two in step (the role packages never import each other).
+The one definition both sides use: the coordinator (``coordinator.workflows.vertical``,
+``coordinator.workflows.psi_relay``) sends and reads them, the participant
+(``participants.handlers.vertical``) answers under them.
 
 One Flower message round per line (deployment rounds cost seconds, so rounds are few and fat)::
 
@@ -78,4 +79,5 @@ P_GRAD = "grad"  # coordinator → peer: its wrapped dZ[r-2]
 ROLE_LABEL_HOLDER = "label-holder"
 ROLE_PEER = "peer"
 
+#: every wire name above, by constant name (tests check each ``MSG_*`` has a handler).
 ALL_NAMES: dict[str, str] = {k: v for k, v in dict(globals()).items() if k.isupper() and isinstance(v, str)}

@@ -1,7 +1,8 @@
-"""Message types and record keys of horizontal training, as the coordinator speaks them.
+"""Message types and record keys of horizontal training.
 
-The participant side (``participants.handlers.horizontal``) declares the same names; a contract
-test keeps the two in step (the role packages never import each other).
+The one definition both sides use: the coordinator (``coordinator.workflows.horizontal``,
+``coordinator.strategies``) sends and reads them, the participant
+(``participants.handlers.horizontal``) answers under them.
 
 Exchange, one Flower message round per line (deployment rounds cost seconds, so few and fat):
 
@@ -54,4 +55,5 @@ A_AGGREGATE = "aggregate"
 A_UPDATE = "update"
 A_WEIGHTS = "weights"
 
+#: every wire name above, by constant name (tests check each ``MSG_*`` has a handler).
 ALL_NAMES: dict[str, str] = {k: v for k, v in dict(globals()).items() if k.isupper() and isinstance(v, str)}
