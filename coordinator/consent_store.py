@@ -6,13 +6,9 @@ thread; every write is one short transaction. Stored grants are the signed JSON 
 
 from __future__ import annotations
 
-import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timezone
-from pathlib import Path
 
+from protocols._sqlite import ThreadLocalStore
 from protocols.consent import Grant, Revocation
 
 _SCHEMA = """
@@ -53,40 +49,10 @@ CREATE TABLE IF NOT EXISTS counters (
 """
 
 
-class AuthorityStore:
+class AuthorityStore(ThreadLocalStore):
     """Persistent state of the consent authority (``consent.db`` in its state directory)."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self._conn().executescript(_SCHEMA)
-
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, timeout=30)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            self._local.conn = conn
-        return conn
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        db = self._conn()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-
-    def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+    _SCHEMA = _SCHEMA
 
     # enterprises -------------------------------------------------------------------------------
 

@@ -33,6 +33,8 @@ from typing import Any, Iterator, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from protocols._sqlite import connect as sqlite_connect
+from protocols._sqlite import transaction
 from protocols.errors import ProtocolError
 
 __all__ = [
@@ -130,25 +132,20 @@ class ModelRegistry:
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.state_dir / REGISTRY_FILE
-        conn = sqlite3.connect(self.path, timeout=30)
+        conn = sqlite_connect(self.path)
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(_SCHEMA)
         finally:
             conn.close()
 
     @contextmanager
     def _conn(self) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        """A fresh connection per call, inside one write transaction (other processes share the file)."""
+        conn = sqlite_connect(self.path)
         conn.row_factory = sqlite3.Row
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(conn):
                 yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
         finally:
             conn.close()
 

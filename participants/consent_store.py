@@ -9,12 +9,8 @@ condition is evaluated against the committed count every time. WAL keeps readers
 
 from __future__ import annotations
 
-import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
+from protocols._sqlite import ThreadLocalStore
 from protocols.consent import SignedRevocationList
 
 _SCHEMA = """
@@ -32,40 +28,10 @@ CREATE TABLE IF NOT EXISTS revocation_list (
 """
 
 
-class HolderStore:
+class HolderStore(ThreadLocalStore):
     """Consent state a holder keeps across restarts (``consent.db`` in the node's state directory)."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self._conn().executescript(_SCHEMA)
-
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, timeout=30)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            self._local.conn = conn
-        return conn
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        db = self._conn()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-
-    def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+    _SCHEMA = _SCHEMA
 
     def try_use(self, grant_id: str, holder: str, max_uses: int | None) -> int | None:
         """Count one use atomically; return the new count, or None if ``max_uses`` is already reached."""

@@ -1,0 +1,75 @@
+"""Embedded SQLite as every fedscore store uses it: WAL, a busy timeout, explicit write transactions.
+
+Why one helper: the consent authority, the holders' consent stores and the model registry all need
+the same guarantees -- readers never blocked by a writer (WAL), concurrent processes wait instead of
+failing (busy timeout), and each write is one ``BEGIN IMMEDIATE`` transaction taken with the write
+lock, so conditional updates (use counters, version numbers) see the committed state.
+
+Not wire protocol: it is a private module of ``protocols`` only because both role packages may
+import from there and neither may import the other.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import ClassVar
+
+BUSY_TIMEOUT_S = 30.0
+
+
+def connect(path: str | Path, *, synchronous: str | None = None) -> sqlite3.Connection:
+    """An autocommit connection in WAL mode; transactions are explicit (see :func:`transaction`).
+
+    ``synchronous`` (e.g. ``"FULL"``) is set when given; otherwise SQLite's default stays.
+    """
+    conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
+    conn.execute("PRAGMA journal_mode=WAL")
+    if synchronous is not None:
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+    return conn
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` … ``COMMIT``; any exception (even ``KeyboardInterrupt``) rolls back."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+class ThreadLocalStore:
+    """Base of a store that keeps one connection per thread (``sqlite3`` connections are not
+    shareable across threads) and creates its schema on open; writes are fully synchronous."""
+
+    _SCHEMA: ClassVar[str] = ""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._conn().executescript(self._SCHEMA)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.path, synchronous="FULL")
+            self._local.conn = conn
+        return conn
+
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(self._conn())
+
+    def close(self) -> None:
+        """Close this thread's connection (other threads' connections close with their threads)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
