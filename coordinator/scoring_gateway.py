@@ -16,6 +16,7 @@ caller's, so a request never hangs.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -66,6 +67,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 GATEWAY_NAME = "scoring-gateway"
+_VERSIONED = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}:v[0-9]+$")
 
 
 @dataclass(frozen=True)
@@ -243,6 +245,7 @@ class GatewayCore:
         self.default_model = default_model
         self._pool = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gateway-fanout")
         self._installed: set[tuple[str, str]] = set()
+        self._top_cache: dict[str, TopSpec] = {}
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -252,13 +255,21 @@ class GatewayCore:
         return self.keys.register(lender, public_context)
 
     def top(self, ref: str) -> TopSpec:
+        """The top spec for ``ref``; versioned references are cached (registry versions are
+        immutable once ready), so the registry is not read on the request path."""
         ref = ref or self.default_model
         if not ref:
             raise InvalidRequest("no model named and the gateway has no default model")
+        spec = self._top_cache.get(ref)
+        if spec is not None:
+            return spec
         try:
-            return self._tops[ref] if isinstance(self._tops, Mapping) else self._tops(ref)
+            spec = self._tops[ref] if isinstance(self._tops, Mapping) else self._tops(ref)
         except KeyError:
             raise UnknownModel(f"model {ref!r} is not served by this gateway") from None
+        if _VERSIONED.match(ref):
+            self._top_cache[ref] = spec
+        return spec
 
     def _ask(self, holder: Holder, ctx: PublicContext, request: pb.ContributeRequest, deadline: float,
              expect: int, n: int) -> _HolderResult:
@@ -349,12 +360,7 @@ class GatewayCore:
         if len(unscored) == n:
             reasons = {reason for r in contributed if r.holder.required for reason in (r.refusals or {}).values()}
             raise NotAuthorized(f"consent refused by the required holder: {', '.join(sorted(reasons))}")
-        try:
-            shares = evaluate_top(spec, [r.vectors for r in contributed], n)  # type: ignore[misc]
-        except KeyNotUsable:
-            raise
-        except CryptoError as exc:
-            raise KeyNotUsable(str(exc)) from None
+        shares = evaluate_top(spec, [r.vectors for r in contributed], n)  # type: ignore[misc]
         sources = [
             pb.SourceReport(holder=r.holder.name, status=r.status.value, required=r.holder.required,
                             detail=r.detail, refusals=r.refusals or {})

@@ -45,7 +45,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Literal
@@ -197,7 +197,7 @@ class Stamp:
     issued_at_ms: int
 
     @classmethod
-    def new(cls, clock: "callable[[], float]" = time.time) -> "Stamp":  # type: ignore[valid-type]
+    def new(cls, clock: Callable[[], float] = time.time) -> "Stamp":
         return cls(secrets.token_hex(16), int(clock() * 1000))
 
 
