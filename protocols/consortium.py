@@ -38,7 +38,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Mapping, TypeVar
 
 import tomli_w
 from pydantic import (
@@ -437,6 +437,22 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
     more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
     line = f"{source}: {key or '<root>'}: {problem}{more}"
     return " ".join(line.split())
+
+
+_Settings = TypeVar("_Settings", bound=BaseModel)
+
+
+def validate_settings(model: type[_Settings], data: Mapping[str, Any], what: str = "run config") -> _Settings:
+    """Validate a flat key/value config (Flower run config, plan overrides) into ``model``.
+
+    The first problem becomes a :class:`ConfigError` ``what: key: problem``, the one line an
+    operator needs; the coordinator and participants word their run-config errors alike.
+    """
+    try:
+        return model.model_validate(dict(data))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(f"{what}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
 
 
 def parse_consortium(data: dict[str, Any], *, source: str = "<config>",

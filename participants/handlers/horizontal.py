@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from sklearn.model_selection import train_test_split
 
 from crypto.ckks_keys import AggregationKey, EncryptedVector, decrypt, encrypt_vector
@@ -34,7 +34,8 @@ from models.metrics import evaluate as evaluate_scores
 from models.metrics import roc_points
 from models.training import predict_proba, seed_everything
 from participants.datasets.frames import participant_frame
-from protocols.consortium import ConsortiumConfig, ParticipantConfig, load_consortium
+from participants.handlers._common import env_binder, locate, long_term_keys
+from protocols.consortium import ConsortiumConfig, ParticipantConfig, validate_settings
 from protocols.errors import ConfigError, ProtocolViolation
 from protocols.wire.horizontal import (
     A_AGGREGATE,
@@ -103,11 +104,7 @@ class TrainSettings(BaseModel):
 
 
 def settings_from(run_config: Mapping[str, Any]) -> TrainSettings:
-    try:
-        return TrainSettings.model_validate(dict(run_config))
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ConfigError(f"run config: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    return validate_settings(TrainSettings, run_config)
 
 
 @dataclass(frozen=True)
@@ -158,23 +155,7 @@ def resolve_env(node_config: Mapping[str, Any], run_config: Mapping[str, Any], r
     """
     settings = settings_from(run_config)
     consortium_path = str(node_config.get("consortium") or settings.consortium)
-    if not consortium_path:
-        raise ConfigError("no consortium file: set run config 'consortium' or node config 'consortium'")
-    cfg: ConsortiumConfig = load_consortium(consortium_path)
-    if cfg.mode != "horizontal":
-        raise ConfigError(f"consortium {cfg.name!r} is {cfg.mode}, not horizontal")
-    holders = cfg.data_holders
-    if "node-name" in node_config:
-        participant = cfg.participant(str(node_config["node-name"]))
-        if not participant.holds_data:
-            raise ConfigError(f"participant {participant.name!r} holds no data")
-    elif "partition-id" in node_config:
-        pid = int(node_config["partition-id"])
-        if not 0 <= pid < len(holders):
-            raise ConfigError(f"partition-id {pid} but the consortium has {len(holders)} data holders")
-        participant = holders[pid]
-    else:
-        raise ConfigError("node config has neither 'node-name' (deployment) nor 'partition-id' (simulation)")
+    cfg, participant = locate(node_config, consortium_path, "horizontal")
     data_dir = Path(str(node_config.get("data-dir") or participant.data_dir))
     if "state-dir" in node_config:
         state_dir = Path(str(node_config["state-dir"]))
@@ -229,14 +210,7 @@ def load_local_data(env: NodeEnv, *, with_test: bool = False) -> LocalData:
 
 # --- keys ------------------------------------------------------------------------------------
 def _long_term_keys(env: NodeEnv) -> tuple[IdentityKey, WrapKeyPair]:
-    """Load (or create once) this participant's identity and wrap keys."""
-    env.keys_dir.mkdir(parents=True, exist_ok=True)
-    id_path, wrap_path = env.keys_dir / "identity.key", env.keys_dir / "wrap.key"
-    if not id_path.exists():
-        IdentityKey.generate().save(id_path)
-    if not wrap_path.exists():
-        WrapKeyPair.generate().save(wrap_path)
-    return IdentityKey.load(id_path), WrapKeyPair.load(wrap_path)
+    return long_term_keys(env.keys_dir)
 
 
 def _agg_key_path(env: NodeEnv) -> Path:
@@ -480,13 +454,7 @@ def save_local_model(env: NodeEnv, version: str, theta: np.ndarray, num_features
     return path
 
 
-def _with_env(fn: Callable[[RecordDict, NodeEnv], RecordDict]) -> Callable[[RecordDict, Context], RecordDict]:
-    def handler(content: RecordDict, context: Context) -> RecordDict:
-        return fn(content, resolve_env(context.node_config, context.run_config, context.run_id))
-
-    handler.__name__ = fn.__name__
-    handler.__doc__ = fn.__doc__
-    return handler
+_with_env = env_binder(resolve_env)
 
 
 #: message type -> ``(content, context) -> reply content``; the ClientApp registers these.

@@ -38,9 +38,10 @@ from crypto.masking import MaskingKey, MaskingSession
 from models.preprocessing import Preprocessor
 from participants.datasets.frames import participant_frame
 from participants.datastore import LocalDataStore
+from participants.handlers._common import env_binder, locate, long_term_keys
 from participants.handlers.psi import Alignment, PsiParty
 from participants.model_store import LocalModelStore
-from protocols.consortium import ConsortiumConfig, ParticipantConfig, load_consortium
+from protocols.consortium import ConsortiumConfig, ParticipantConfig
 from protocols.errors import ConfigError, ProtocolViolation
 from protocols.vertical import BottomParty, Schedule, TopParty, VerticalPlan, coverage_metrics
 from protocols.wire.vertical import (
@@ -132,23 +133,7 @@ def resolve_env(node_config: Mapping[str, Any], run_config: Mapping[str, Any], r
     Simulation: ``partition-id`` indexes the consortium's data holders (run config ``consortium``).
     State dir: node config ``state-dir``, else ``<node-state-root>/<name>``, else ``<data_dir>/state``."""
     path = str(node_config.get("consortium") or run_config.get("consortium") or "")
-    if not path:
-        raise ConfigError("no consortium file: set run config 'consortium' or node config 'consortium'")
-    cfg = load_consortium(path)
-    if cfg.mode != "vertical":
-        raise ConfigError(f"consortium {cfg.name!r} is {cfg.mode}, not vertical")
-    holders = cfg.data_holders
-    if "node-name" in node_config:
-        participant = cfg.participant(str(node_config["node-name"]))
-        if not participant.holds_data:
-            raise ConfigError(f"participant {participant.name!r} holds no data")
-    elif "partition-id" in node_config:
-        pid = int(node_config["partition-id"])
-        if not 0 <= pid < len(holders):
-            raise ConfigError(f"partition-id {pid} but the consortium has {len(holders)} data holders")
-        participant = holders[pid]
-    else:
-        raise ConfigError("node config has neither 'node-name' (deployment) nor 'partition-id' (simulation)")
+    cfg, participant = locate(node_config, path, "vertical")
     data_dir = Path(str(node_config.get("data-dir") or participant.data_dir))
     participant = participant.model_copy(update={"data_dir": data_dir})
     if node_config.get("state-dir"):
@@ -177,14 +162,7 @@ def load_own_data(env: NodeEnv, as_of: str | None) -> tuple[pd.DataFrame, pd.Ser
 
 
 def _long_term_keys(env: NodeEnv) -> tuple[IdentityKey, WrapKeyPair]:
-    keys = env.state_dir / "keys"
-    keys.mkdir(parents=True, exist_ok=True)
-    id_path, wrap_path = keys / "identity.key", keys / "wrap.key"
-    if not id_path.exists():
-        IdentityKey.generate().save(id_path)
-    if not wrap_path.exists():
-        WrapKeyPair.generate().save(wrap_path)
-    return IdentityKey.load(id_path), WrapKeyPair.load(wrap_path)
+    return long_term_keys(env.state_dir / "keys")
 
 
 # --- persistence of the run between messages -------------------------------------------------------
@@ -587,13 +565,7 @@ def handle_final(content: RecordDict, env: NodeEnv) -> RecordDict:
     return _reply(out_cfg, None, metrics)
 
 
-def _with_env(fn: Callable[[RecordDict, NodeEnv], RecordDict]) -> Callable[[RecordDict, Context], RecordDict]:
-    def handler(content: RecordDict, context: Context) -> RecordDict:
-        return fn(content, resolve_env(context.node_config, context.run_config, context.run_id))
-
-    handler.__name__ = fn.__name__
-    handler.__doc__ = fn.__doc__
-    return handler
+_with_env = env_binder(resolve_env)
 
 
 #: message type -> ``(content, context) -> reply content``; the ClientApp registers these.

@@ -1,0 +1,75 @@
+"""What every mode's handlers need around the protocol: which participant this node is, its
+long-term keys, and the adapter from Flower's ``(content, context)`` to ``(content, env)``.
+
+One place because horizontal and vertical nodes are the same node: the same consortium entry, the
+same ``keys/identity.key`` and ``keys/wrap.key`` in the same state directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Mapping, TypeVar
+
+from flwr.app import Context, RecordDict
+
+from crypto.identity import IdentityKey
+from crypto.keywrap import WrapKeyPair
+from protocols.consortium import ConsortiumConfig, ParticipantConfig, load_consortium
+from protocols.errors import ConfigError
+
+Env = TypeVar("Env")
+Handler = Callable[[RecordDict, Context], RecordDict]
+
+
+def locate(node_config: Mapping[str, Any], consortium_path: str, mode: str) -> tuple[ConsortiumConfig, ParticipantConfig]:
+    """Map the Flower node to a data holder of a ``mode`` consortium.
+
+    Deployment: node config ``node-name``. Simulation: ``partition-id`` indexes the consortium's
+    data holders. Only that participant's entry is used afterwards.
+    """
+    if not consortium_path:
+        raise ConfigError("no consortium file: set run config 'consortium' or node config 'consortium'")
+    cfg = load_consortium(consortium_path)
+    if cfg.mode != mode:
+        raise ConfigError(f"consortium {cfg.name!r} is {cfg.mode}, not {mode}")
+    holders = cfg.data_holders
+    if "node-name" in node_config:
+        participant = cfg.participant(str(node_config["node-name"]))
+        if not participant.holds_data:
+            raise ConfigError(f"participant {participant.name!r} holds no data")
+    elif "partition-id" in node_config:
+        pid = int(node_config["partition-id"])
+        if not 0 <= pid < len(holders):
+            raise ConfigError(f"partition-id {pid} but the consortium has {len(holders)} data holders")
+        participant = holders[pid]
+    else:
+        raise ConfigError("node config has neither 'node-name' (deployment) nor 'partition-id' (simulation)")
+    return cfg, participant
+
+
+def long_term_keys(keys_dir: Path) -> tuple[IdentityKey, WrapKeyPair]:
+    """Load (or create once) this participant's Ed25519 identity and X25519 wrap keys."""
+    keys_dir.mkdir(parents=True, exist_ok=True)
+    id_path, wrap_path = keys_dir / "identity.key", keys_dir / "wrap.key"
+    if not id_path.exists():
+        IdentityKey.generate().save(id_path)
+    if not wrap_path.exists():
+        WrapKeyPair.generate().save(wrap_path)
+    return IdentityKey.load(id_path), WrapKeyPair.load(wrap_path)
+
+
+def env_binder(
+    resolve: Callable[[Mapping[str, Any], Mapping[str, Any], int], Env],
+) -> Callable[[Callable[[RecordDict, Env], RecordDict]], Handler]:
+    """``resolve`` the node's env from the Flower context for every message, then call the handler
+    (in deployment each message may be served by a fresh process, so nothing is cached)."""
+
+    def bind(fn: Callable[[RecordDict, Env], RecordDict]) -> Handler:
+        def handler(content: RecordDict, context: Context) -> RecordDict:
+            return fn(content, resolve(context.node_config, context.run_config, context.run_id))
+
+        handler.__name__ = fn.__name__
+        handler.__doc__ = fn.__doc__
+        return handler
+
+    return bind
