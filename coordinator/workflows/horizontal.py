@@ -18,26 +18,27 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context, RecordDict
 from flwr.serverapp import Grid
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from coordinator.registry import ModelRegistry, ModelVersion
 from coordinator.strategies import (
     CkksSum,
     EncryptedFedAvg,
-    NodeReply,
     PlainSum,
     RoundOutcome,
     make_strategy,
 )
+from coordinator.workflows._common import exchange, summary_file, wait_for_nodes, write_summary
 from coordinator.workflows.privacy import PrivacySpent, account
 from crypto.ckks_keys import PublicContext
 from crypto.errors import CryptoError
-from protocols.errors import ConfigError, ProtocolViolation
+from protocols.consortium import validate_settings
+from protocols.errors import ProtocolViolation
 from protocols.wire import horizontal as wire
 
 log = logging.getLogger("flwr").getChild("fedscore.horizontal")
@@ -69,11 +70,7 @@ class HorizontalConfig(BaseModel):
 
 
 def config_from(run_config: Mapping[str, Any]) -> HorizontalConfig:
-    try:
-        return HorizontalConfig.model_validate(dict(run_config))
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ConfigError(f"run config: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    return validate_settings(HorizontalConfig, run_config)
 
 
 class RoundRecord(BaseModel):
@@ -122,47 +119,8 @@ class _Setup:
     dropped: list[str] = field(default_factory=list)
 
 
-# --- messaging helpers -----------------------------------------------------------------------
-def _exchange(
-    grid: Grid,
-    plan: Iterable[tuple[int, RecordDict]],
-    message_type: str,
-    names: Mapping[int, str],
-    *,
-    group: str,
-    timeout: float,
-) -> list[NodeReply]:
-    """Send one message per node, wait up to ``timeout``; every node gets a NodeReply (ok or not)."""
-    plan = list(plan)
-    msgs = [Message(content, dst_node_id=nid, message_type=message_type, group_id=group) for nid, content in plan]
-    replies = {m.metadata.src_node_id: m for m in grid.send_and_receive(msgs, timeout=timeout)} if msgs else {}
-    out = []
-    for nid, _ in plan:
-        name = names.get(nid, f"node-{nid}")
-        reply = replies.get(nid)
-        if reply is None:
-            out.append(NodeReply(nid, name, None, f"no reply within {timeout:.0f}s"))
-        elif reply.has_error():
-            out.append(NodeReply(nid, name, None, f"error: {reply.error.reason[:200]}"))
-        else:
-            out.append(NodeReply(nid, name, reply.content))
-    for r in out:
-        if not r.ok:
-            log.warning("%s: participant %s dropped (%s)", message_type, r.participant, r.error)
-    return out
-
-
-def _wait_for_nodes(grid: Grid, want: int, timeout: float) -> list[int]:
-    deadline = time.monotonic() + timeout
-    nodes = sorted(grid.get_node_ids())
-    while len(nodes) < want and time.monotonic() < deadline:
-        time.sleep(1.0)
-        nodes = sorted(grid.get_node_ids())
-    return nodes
-
-
 def _hello(grid: Grid, nodes: list[int], cfg: HorizontalConfig) -> _Setup:
-    replies = _exchange(
+    replies = exchange(
         grid, [(n, RecordDict({wire.REC_CONFIG: ConfigRecord({})})) for n in nodes],
         wire.MSG_HELLO, {}, group="setup", timeout=cfg.round_timeout,
     )
@@ -204,7 +162,7 @@ def _key_setup(grid: Grid, setup: _Setup, cfg: HorizontalConfig) -> None:
                 wire.REC_PAYLOAD: ConfigRecord({wire.P_PEER_WRAP_KEYS: [setup.wrap_keys[p] for p in peers]}),
             }
         )
-        (reply,) = _exchange(grid, [(by_name[holder], content)], wire.MSG_KEYGEN, setup.names,
+        (reply,) = exchange(grid, [(by_name[holder], content)], wire.MSG_KEYGEN, setup.names,
                              group="setup", timeout=cfg.round_timeout)
         if not reply.ok:
             continue
@@ -248,11 +206,7 @@ def _decrypt_check(aggregator: CkksSum, ctx: PublicContext) -> str:
 
 
 def _summary_path(cfg: HorizontalConfig, run_id: int) -> Path | None:
-    if cfg.result_file:
-        return Path(cfg.result_file)
-    if cfg.state_dir:
-        return Path(cfg.state_dir) / "runs" / str(run_id) / "summary.json"
-    return None
+    return summary_file(cfg.result_file, cfg.state_dir, run_id, "summary.json")
 
 
 # --- the workflow ----------------------------------------------------------------------------
@@ -264,7 +218,7 @@ def run(grid: Grid, context: Context) -> TrainingSummary:
     registry = ModelRegistry(cfg.state_dir) if cfg.state_dir else None
     version: ModelVersion | None = None
     want = max(cfg.expect_nodes, cfg.min_nodes)
-    nodes = _wait_for_nodes(grid, want, cfg.connect_timeout)
+    nodes = wait_for_nodes(grid, want, cfg.connect_timeout)
     if len(nodes) < cfg.min_nodes:
         raise ProtocolViolation(f"{len(nodes)} node(s) connected, min-nodes is {cfg.min_nodes}")
     log.info("horizontal run %s: %d node(s), %d round(s), %s, %s, encrypted=%s",
@@ -326,7 +280,7 @@ def _train(
         for nid, content in plan:
             content[wire.REC_CONFIG]["weight-scale"] = weight_scale
             _attach_pending_key(content, setup.names[nid], setup)
-        replies = _exchange(grid, plan, wire.MSG_FIT, setup.names, group=str(server_round), timeout=cfg.round_timeout)
+        replies = exchange(grid, plan, wire.MSG_FIT, setup.names, group=str(server_round), timeout=cfg.round_timeout)
         for r in replies:
             if r.ok:
                 setup.pending_keys.pop(r.participant, None)
@@ -352,7 +306,7 @@ def _train(
         publisher = min(setup.names)
     plan = strategy.configure_evaluate(sorted(setup.names), aggregate, version=version.ref if version else "",
                                        publisher=publisher)
-    replies = _exchange(grid, plan, wire.MSG_FINAL, setup.names, group="final", timeout=cfg.round_timeout)
+    replies = exchange(grid, plan, wire.MSG_FINAL, setup.names, group="final", timeout=cfg.round_timeout)
     final = strategy.aggregate_evaluate(replies)
     if final.dropped:
         dropped["final"] = final.dropped
@@ -414,8 +368,7 @@ def _write_outputs(summary: TrainingSummary, cfg: HorizontalConfig) -> None:
     path = _summary_path(cfg, summary.run_id)
     if path is None:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary.model_dump(mode="json"), indent=1, default=float) + "\n")
+    write_summary(path, summary)
     if cfg.report:
         from coordinator.report import write_report
 

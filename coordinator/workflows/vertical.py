@@ -14,9 +14,9 @@ participant named and the registry version marked failed.
 Run config (shared app keys): ``consortium``, ``model`` (logistic → linear bottoms, mlp → MLP
 bottoms of ``mlp-hidden``), ``local-epochs`` (epochs), ``lr``, ``batch-size``, ``seed``,
 ``val-fraction``, ``dp-noise``/``dp-clip``/``dp-delta`` (label DP), ``expect-nodes``,
-``connect-timeout``, ``round-timeout``, ``state-dir``, ``result-file``, ``model-name``; plus, when
-the app config declares them, ``vertical-plan`` (JSON of :class:`VerticalPlan` fields, overriding
-the mapped keys: top kind, out_dim, batches per round, source dropout …) and ``as-of``.
+``connect-timeout``, ``round-timeout``, ``state-dir``, ``result-file``, ``model-name``,
+``vertical-plan`` (JSON of :class:`VerticalPlan` fields, overriding the mapped keys: top kind,
+out_dim, batches per round, source dropout …) and ``as-of``.
 """
 
 from __future__ import annotations
@@ -31,14 +31,16 @@ from typing import Any, Mapping
 import numpy as np
 from flwr.app import ConfigRecord, Context, RecordDict
 from flwr.serverapp import Grid
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from coordinator.registry import ModelRegistry, ModelVersion
 from coordinator.strategies import NodeReply
-from coordinator.workflows.horizontal import _exchange, _wait_for_nodes
+from coordinator.workflows._common import exchange as _exchange
+from coordinator.workflows._common import summary_file, write_summary
+from coordinator.workflows._common import wait_for_nodes as _wait_for_nodes
 from coordinator.workflows.psi_relay import PsiRelayState, run_psi
 from crypto.masking import MaskedVector, sum_masked
-from protocols.consortium import load_consortium
+from protocols.consortium import load_consortium, validate_settings
 from protocols.errors import ConfigError, ProtocolViolation
 from protocols.vertical import Schedule, VerticalPlan, label_dp_epsilon
 from protocols.wire import vertical as w
@@ -92,19 +94,11 @@ class VerticalRunConfig(BaseModel):
             if not isinstance(extra, dict):
                 raise ConfigError("run config: vertical-plan must be a JSON object")
             base.update(extra)
-        try:
-            return VerticalPlan.model_validate(base)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            raise ConfigError(f"vertical plan: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        return validate_settings(VerticalPlan, base, "vertical plan")
 
 
 def config_from(run_config: Mapping[str, Any]) -> VerticalRunConfig:
-    try:
-        cfg = VerticalRunConfig.model_validate(dict(run_config))
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ConfigError(f"run config: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    cfg = validate_settings(VerticalRunConfig, run_config)
     if cfg.model_name == "horizontal-credit":  # the shared app default belongs to the other mode
         cfg = cfg.model_copy(update={"model_name": DEFAULT_MODEL_NAME})
     return cfg
@@ -379,19 +373,13 @@ def _summary(state: VerticalRun, version: ModelVersion | None, metrics: dict[str
 
 
 def summary_path(cfg: VerticalRunConfig, run_id: int) -> Path | None:
-    if cfg.result_file:
-        return Path(cfg.result_file)
-    if cfg.state_dir:
-        return Path(cfg.state_dir) / "runs" / str(run_id) / "vertical-summary.json"
-    return None
+    return summary_file(cfg.result_file, cfg.state_dir, run_id, "vertical-summary.json")
 
 
 def _write_summary(summary: VerticalSummary, cfg: VerticalRunConfig) -> None:
     path = summary_path(cfg, summary.run_id)
-    if path is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary.model_dump(mode="json"), indent=1) + "\n")
+    if path is not None:
+        write_summary(path, summary)
 
 
 __all__ = ["VerticalRunConfig", "VerticalSummary", "VerticalRun", "VerticalWorkflow", "config_from", "run"]

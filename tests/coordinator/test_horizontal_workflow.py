@@ -17,6 +17,7 @@ from flwr.app import RecordDict
 from coordinator.registry import ModelRegistry
 from coordinator.strategies import CkksSum, InsufficientNodes
 from coordinator.workflows import horizontal, run_workflow
+from coordinator.workflows import _common as workflows_common
 from crypto.ckks_keys import PublicContext
 from crypto.errors import MissingSecretKey
 from participants.handlers import horizontal as handlers
@@ -109,7 +110,7 @@ class FakeGrid:
 def toy(tmp_path, monkeypatch):
     names = ["bank_a", "bank_b", "bank_c"]
     cfg = _write_consortium(tmp_path / "data", names)
-    monkeypatch.setattr(horizontal, "Message", lambda content, **kw: _Msg(content, **kw))
+    monkeypatch.setattr(workflows_common, "Message", lambda content, **kw: _Msg(content, **kw))
 
     def make(**overrides):
         run_config = {
@@ -158,7 +159,7 @@ def test_coordinator_cannot_decrypt_a_real_aggregate(toy):
         content = RecordDict({wire.REC_CONFIG: horizontal.ConfigRecord({wire.K_ROUND: 1, "weight-scale": 1200.0})})
         horizontal._attach_pending_key(content, setup.names[nid], setup)
         plan.append((nid, content))
-    replies = horizontal._exchange(grid, plan, wire.MSG_FIT, setup.names, group="1", timeout=10)
+    replies = workflows_common.exchange(grid, plan, wire.MSG_FIT, setup.names, group="1", timeout=10)
     total = agg.sum([agg.extract(r.content) for r in replies])
     with pytest.raises(MissingSecretKey):
         agg.try_decrypt(total)
