@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -61,36 +60,6 @@ def horizontal_run_config(
     }
     run_config.update({k: v for k, v in options.items() if v is not None})
     return run_config
-
-
-def simulate(consortium: Path, run_config: dict[str, Any], workdir: Path, *, timeout: float,
-             on_log: Any = None) -> dict[str, Any]:
-    """Simulation SuperLink with TLS, one virtual SuperNode per data holder; returns the run record."""
-    from coordinator.workflows.launch import (
-        Connection, flower_env, free_port, start_superlink, stop_process, submit_run, wait_for_run,
-    )
-    from crypto.tls import write_deployment_pki
-
-    holders = [p.name for p in load_consortium(consortium).data_holders]
-    pki = write_deployment_pki(workdir / "pki", holders)
-    flwr_home = workdir / "flwr-home"
-    env = flower_env(flwr_home)
-    port = free_port()
-    conn = Connection("fedscore-sim", f"127.0.0.1:{port}", pki.ca_cert, flwr_home)
-    conn.write()
-    superlink = start_superlink(workdir, pki, port=port, simulation=True, env=env)
-    try:
-        # One logical CPU per virtual node (Ray wants integers here) and as many logical CPUs as
-        # nodes, so every node's small model trains at once even on a 2-core host.
-        run_id = submit_run(conn, run_config, env=env, federation_config={
-            "num-supernodes": len(holders), "client-resources-num-cpus": 1,
-            "init-args-num-cpus": len(holders)})
-        return wait_for_run(conn, run_id, env=env, timeout=timeout, on_log=on_log)
-    finally:
-        stop_process(superlink)
-        # Ephemeral TLS material and the app copies go; logs and the SuperLink database stay.
-        shutil.rmtree(workdir / "pki", ignore_errors=True)
-        shutil.rmtree(flwr_home, ignore_errors=True)
 
 
 def pooled_baseline(consortium: Path, run_config: dict[str, Any]) -> dict[str, float]:
@@ -191,6 +160,8 @@ def train_horizontal(
     as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON."),
 ) -> None:
     """Encrypted FedAvg/FedProx across the consortium's banks; registers the model version."""
+    from coordinator.workflows.launch import simulate
+
     if model not in ("logistic", "mlp"):
         raise ConfigError(f"--model must be logistic or mlp, not {model!r}")
     if strategy not in ("fedavg", "fedprox"):

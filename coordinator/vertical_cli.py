@@ -77,14 +77,8 @@ def build_run_config(
     if out_dim is not None:
         extra["out_dim"] = out_dim
     if extra:
-        if "vertical-plan" not in declared:
-            raise ConfigError("this app config has no 'vertical-plan' key: --top/--out-dim need it "
-                              "(add vertical-plan = \"\" under [tool.flwr.app.config])")
         cfg["vertical-plan"] = json.dumps(extra)
     if as_of:
-        if "as-of" not in declared:
-            raise ConfigError("this app config has no 'as-of' key: --as-of needs it "
-                              "(add as-of = \"\" under [tool.flwr.app.config]); the consortium's as_of is used otherwise")
         cfg["as-of"] = as_of
     unknown = sorted(set(cfg) - declared)
     if unknown:
@@ -114,32 +108,6 @@ def metrics_table(summary: dict[str, Any]) -> Table:
     return table
 
 
-def run_simulation(consortium: Path, run_config: dict[str, Any], workdir: Path, *, timeout: float,
-                   on_log: Any = None) -> dict[str, Any]:
-    """Start a simulation SuperLink, submit the run, wait; returns the SuperLink's run record."""
-    from coordinator.workflows.launch import (
-        Connection, flower_env, free_port, start_superlink, stop_process, submit_run, wait_for_run,
-    )
-    from crypto.tls import write_deployment_pki
-
-    cfg = load_consortium(consortium)
-    holders = [p.name for p in cfg.data_holders]
-    pki = write_deployment_pki(workdir / "pki", holders)
-    flwr_home = workdir / "flwr-home"
-    env = flower_env(flwr_home)
-    port = free_port()
-    conn = Connection("fedscore-sim", f"127.0.0.1:{port}", pki.ca_cert, flwr_home)
-    conn.write()
-    superlink = start_superlink(workdir, pki, port=port, simulation=True, env=env)
-    try:
-        run_id = submit_run(conn, run_config, env=env, federation_config={
-            # tiny models, one torch thread each: let every node run at once even on a 2-core host
-            "num-supernodes": len(holders), "client-resources-num-cpus": 1, "init-args-num-cpus": len(holders)})
-        return wait_for_run(conn, run_id, env=env, timeout=timeout, on_log=on_log)
-    finally:
-        stop_process(superlink)
-
-
 def register(train_app: typer.Typer) -> None:
     """Add ``vertical`` to the ``train`` command group."""
 
@@ -163,7 +131,7 @@ def register(train_app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON."),
     ) -> None:
         """Align the consortium's enterprises with PSI, train the split model, evaluate, register."""
-        from coordinator.workflows.launch import APP_DIR
+        from coordinator.workflows.launch import APP_DIR, simulate
 
         if top not in ("linear", "poly"):
             raise ConfigError(f"--top must be linear or poly, not {top!r}")
@@ -191,7 +159,8 @@ def register(train_app: typer.Typer) -> None:
                 elif (m := _STAGE.search(line)) is not None:
                     progress.update(task, description=f"{m[1]} done")
 
-            record = run_simulation(config, run_config, workdir, timeout=timeout, on_log=on_log)
+            # the whole workdir (TLS material included) stays for inspection, as it always has
+            record = simulate(config, run_config, workdir, timeout=timeout, on_log=on_log, keep_tls=True)
         if record.get("status") != "finished:completed" or not result_file.exists():
             logs = (workdir / "logs" / "superlink.log")
             tail = logs.read_text(errors="replace")[-1500:] if logs.exists() else ""
@@ -207,4 +176,4 @@ def register(train_app: typer.Typer) -> None:
             console.print(f"summary: {final / 'vertical-summary.json'}")
 
 
-__all__ = ["register", "build_run_config", "metrics_table", "run_simulation", "app_config_keys"]
+__all__ = ["register", "build_run_config", "metrics_table", "app_config_keys"]

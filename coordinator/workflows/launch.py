@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from crypto.tls import DeploymentPki
+from crypto.tls import DeploymentPki, write_deployment_pki
+from protocols.consortium import load_consortium
 
 __all__ = [
     "APP_DIR",
@@ -39,6 +41,7 @@ __all__ = [
     "submit_run",
     "run_status",
     "wait_for_run",
+    "simulate",
 ]
 
 #: The project root: where ``pyproject.toml`` names the ServerApp and ClientApp.
@@ -278,3 +281,40 @@ def wait_for_run(
         if time.monotonic() > deadline:
             raise FlowerCliError(f"run {run_id} did not finish within {timeout:.0f}s (status {record.get('status')})")
         time.sleep(3.0)
+
+
+def simulate(
+    consortium: Path,
+    run_config: Mapping[str, Any],
+    workdir: Path,
+    *,
+    timeout: float,
+    on_log: Callable[[str], None] | None = None,
+    keep_tls: bool = False,
+) -> dict[str, Any]:
+    """One run on Flower's simulation engine: a TLS SuperLink on loopback with one virtual SuperNode
+    per data holder of ``consortium``; returns the run record (see :func:`wait_for_run`).
+
+    Logs and the SuperLink database stay in ``workdir``; the ephemeral TLS material and the Flower
+    home (app copies) are removed afterwards unless ``keep_tls``.
+    """
+    holders = [p.name for p in load_consortium(consortium).data_holders]
+    pki = write_deployment_pki(workdir / "pki", holders)
+    flwr_home = workdir / "flwr-home"
+    env = flower_env(flwr_home)
+    port = free_port()
+    conn = Connection("fedscore-sim", f"127.0.0.1:{port}", pki.ca_cert, flwr_home)
+    conn.write()
+    superlink = start_superlink(workdir, pki, port=port, simulation=True, env=env)
+    try:
+        # One logical CPU per virtual node (Ray wants integers here) and as many logical CPUs as
+        # nodes, so every node's small model trains at once even on a 2-core host.
+        run_id = submit_run(conn, dict(run_config), env=env, federation_config={
+            "num-supernodes": len(holders), "client-resources-num-cpus": 1,
+            "init-args-num-cpus": len(holders)})
+        return wait_for_run(conn, run_id, env=env, timeout=timeout, on_log=on_log)
+    finally:
+        stop_process(superlink)
+        if not keep_tls:
+            shutil.rmtree(workdir / "pki", ignore_errors=True)
+            shutil.rmtree(flwr_home, ignore_errors=True)
