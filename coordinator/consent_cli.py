@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 from typing import Optional
 
@@ -30,6 +30,7 @@ from protocols.consent import (
     StatusQuery,
     utc_now,
 )
+from protocols.cli import parse_instant
 from protocols.errors import ConfigError
 
 app = typer.Typer(no_args_is_help=True)
@@ -40,14 +41,6 @@ DEFAULT_STATE_DIR = Path.home() / ".fedscore" / "consent"
 _STATE = typer.Option(DEFAULT_STATE_DIR, "--state-dir", help="Consent authority state directory.")
 _KEY = typer.Option(..., "--key-file", help="The enterprise's Ed25519 secret key file.")
 _JSON = typer.Option(False, "--json", help="Machine-readable output.")
-
-
-def _instant(text: str, option: str) -> datetime:
-    try:
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise typer.BadParameter(f"{text!r} is not an ISO date or date-time", param_hint=option) from None
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 def _publish(authority: ConsentAuthority, state_dir: Path) -> int:
@@ -91,8 +84,8 @@ def grant(
     state_dir: Path = _STATE,
 ) -> None:
     """Authorise one lender, for one purpose, at the named holders, for a bounded time."""
-    start = _instant(valid_from, "--from") if valid_from else utc_now()
-    end = _instant(until, "--until") if until else start + timedelta(days=days)
+    start = parse_instant(valid_from, "--from") if valid_from else utc_now()
+    end = parse_instant(until, "--until") if until else start + timedelta(days=days)
     try:
         terms = GrantTerms(
             enterprise=uscc, lender=lender, purpose=purpose, holders=tuple(holder) or ALL,

@@ -8,7 +8,6 @@ holder of that key (the node, or a regulator it hands the key to) can select one
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -19,6 +18,7 @@ from rich.table import Table
 from crypto.audit import keyed_hash, verify
 from crypto.errors import AuditLogBroken
 from crypto.identity import IdentityPublicKey
+from protocols.cli import parse_instant
 from protocols.consent import load_pseudonym_key
 from protocols.uscc import validate_uscc
 
@@ -40,15 +40,6 @@ def verify_log(
         console.print(f"[red]broken[/] at entry {exc.index}: {exc.reason}")
         raise typer.Exit(1) from None
     console.print(f"[green]ok[/] {count} entries, chain and signatures intact")
-
-
-def _instant(text: str, option: str) -> datetime:
-    """ISO date or date-time; without a zone it is taken as UTC."""
-    try:
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise typer.BadParameter(f"{text!r} is not an ISO date (2025-03-01) or date-time", param_hint=option) from None
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 def _entries(log: Path) -> Iterator[dict[str, Any]]:
@@ -83,12 +74,12 @@ def show(
         if key_file is None:
             raise typer.BadParameter("--enterprise needs --key-file (entries hold keyed hashes only)", param_hint="--enterprise")
         wanted_hash = keyed_hash(load_pseudonym_key(key_file), validate_uscc(enterprise))
-    start = _instant(since, "--since") if since else None
-    end = _instant(until, "--until") if until else None
+    start = parse_instant(since, "--since") if since else None
+    end = parse_instant(until, "--until") if until else None
 
     def keep(entry: dict[str, Any]) -> bool:
         event = entry["event"]
-        at = _instant(_when(entry), "LOG")
+        at = parse_instant(_when(entry), "LOG")
         return (
             (wanted_hash is None or event.get("enterprise") == wanted_hash)
             and (lender is None or event.get("lender") == lender)

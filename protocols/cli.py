@@ -1,8 +1,10 @@
-"""Sub-commands for things every role shares: enterprise identifiers."""
+"""Sub-commands for things every role shares: enterprise identifiers; option parsing every role's
+commands share (the role packages cannot import each other's CLI helpers)."""
 
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 
 import typer
 from rich.console import Console
@@ -13,6 +15,15 @@ from protocols.uscc import validate_uscc
 app = typer.Typer(no_args_is_help=True)
 uscc_app = typer.Typer(help="Unified social credit codes (GB 32100-2015).", no_args_is_help=True)
 app.add_typer(uscc_app, name="uscc")
+
+
+def parse_instant(text: str, option: str) -> datetime:
+    """ISO date or date-time for a command option; without a zone it is taken as UTC."""
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not an ISO date (2025-03-01) or date-time", param_hint=option) from None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 @uscc_app.command("validate")
