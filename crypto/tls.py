@@ -107,19 +107,56 @@ def _write_public(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
-@dataclass(frozen=True)
-class IssuedCertificate:
-    """A leaf certificate, its private key and the CA certificate that signed it."""
+def _builder(subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey, days: int) -> x509.CertificateBuilder:
+    """What every certificate here shares: random serial, valid from five minutes ago (clock skew
+    between hosts) for ``days``."""
+    now = _now()
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _dt.timedelta(minutes=5))
+        .not_valid_after(now + _dt.timedelta(days=days))
+    )
+
+
+def _key_usage(*, ca: bool) -> x509.KeyUsage:
+    """A CA key signs certificates (and CRLs) only; a leaf key signs and agrees keys (ECDHE)."""
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=not ca,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+class _PemPair:
+    """PEM encodings of a private key and its certificate (the CA's and every leaf's alike)."""
 
     key: ec.EllipticCurvePrivateKey
     cert: x509.Certificate
-    ca_cert: x509.Certificate
 
     def cert_pem(self) -> bytes:
         return _cert_pem(self.cert)
 
     def key_pem(self) -> bytes:
         return _key_pem(self.key)
+
+
+@dataclass(frozen=True)
+class IssuedCertificate(_PemPair):
+    """A leaf certificate, its private key and the CA certificate that signed it."""
+
+    key: ec.EllipticCurvePrivateKey
+    cert: x509.Certificate
+    ca_cert: x509.Certificate
 
     def write(self, cert_path: Path, key_path: Path) -> None:
         _write_public(cert_path, self.cert_pem())
@@ -127,17 +164,11 @@ class IssuedCertificate:
 
 
 @dataclass(frozen=True)
-class CertificateAuthority:
+class CertificateAuthority(_PemPair):
     """The consortium root: signs every server and client certificate of one deployment."""
 
     key: ec.EllipticCurvePrivateKey
     cert: x509.Certificate
-
-    def cert_pem(self) -> bytes:
-        return _cert_pem(self.cert)
-
-    def key_pem(self) -> bytes:
-        return _key_pem(self.key)
 
     def _issue(
         self,
@@ -150,30 +181,11 @@ class CertificateAuthority:
         if days <= 0:
             raise InvalidCertificate("validity must be at least one day")
         key = _new_key()
-        now = _now()
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
         builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - _dt.timedelta(minutes=5))
-            .not_valid_after(now + _dt.timedelta(days=days))
+            _builder(subject, self.cert.subject, key.public_key(), days)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=True,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
+            .add_extension(_key_usage(ca=False), critical=True)
             .add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
             .add_extension(
                 x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
@@ -223,31 +235,11 @@ class CertificateAuthority:
 def create_ca(common_name: str = "fedscore-consortium-ca", *, days: int = 3650) -> CertificateAuthority:
     """A fresh self-signed root for one consortium (path length 0: it signs leaves only)."""
     key = _new_key()
-    now = _now()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, _check_name(common_name))])
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _dt.timedelta(minutes=5))
-        .not_valid_after(now + _dt.timedelta(days=days))
+        _builder(name, name, key.public_key(), days)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(ca=True), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, _HASH())
     )
