@@ -274,7 +274,7 @@ class GatewayCore:
     def _ask(self, holder: Holder, ctx: PublicContext, request: pb.ContributeRequest, deadline: float,
              expect: int, n: int) -> _HolderResult:
         def remaining() -> float:
-            left = min(deadline - time.monotonic(), self.limits.responder_timeout_s)
+            left = min(deadline - time.monotonic(), self.limits.holder_timeout(n))
             if left <= 0.005:
                 raise DeadlineExceeded("no time left")
             return left

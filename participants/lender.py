@@ -126,7 +126,11 @@ def results_from_response(
 
 
 class LenderClient:
-    """Scores enterprises through the gateway under this lender's CKKS key."""
+    """Scores enterprises through the gateway under this lender's CKKS key.
+
+    Each request's deadline is ``timeout`` plus ``limits.per_subject_timeout_s`` per enterprise:
+    every holder checks and durably counts consent per enterprise, which dominates large batches.
+    """
 
     def __init__(
         self,
@@ -171,7 +175,7 @@ class LenderClient:
             stamp=_stamp(), key_id=self.keys.key_id, model_ref=self.model_ref,
             subjects=[pb.Subject(uscc=u, grant_json=g) for u, g in zip(usccs, texts)],
         )
-        response = self.transport.score(request, self.timeout)
+        response = self.transport.score(request, self.timeout + len(usccs) * self.limits.per_subject_timeout_s)
         return results_from_response(self.keys, response, [s.uscc for s in request.subjects], self.scale)
 
     def score_batch(

@@ -185,7 +185,14 @@ class ScoringLimits(BaseModel):
     max_context_bytes: int = Field(default=48 * 1024 * 1024, ge=1 << 20, description="public context upload")
     replay_window_s: float = Field(default=120.0, gt=0)
     responder_timeout_s: float = Field(default=10.0, gt=0, description="per-holder deadline inside a request")
+    per_subject_timeout_s: float = Field(
+        default=0.025, ge=0,
+        description="added per enterprise to holder and lender deadlines: holders check and durably count "
+                    "consent per enterprise, which dominates large batches")
     default_deadline_s: float = Field(default=30.0, gt=0, description="when the caller set no deadline")
+
+    def holder_timeout(self, n: int) -> float:
+        return self.responder_timeout_s + n * self.per_subject_timeout_s
 
 
 _REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
