@@ -10,7 +10,6 @@ import typer
 from rich.console import Console
 
 from protocols.errors import ConfigError
-from protocols.scoring import MutualTls, ScoringLimits
 
 serve_app = typer.Typer(no_args_is_help=True)
 """Holds ``gateway``; the root command mounts it (with the responder's) under ``serve``."""
@@ -35,6 +34,7 @@ def serve_gateway_cmd(
         GatewayCore, GrpcResponderTransport, KeyStore, holders_from_consortium, registry_tops, serve_gateway,
     )
     from protocols.consortium import load_consortium
+    from protocols.scoring import MutualTls, ScoringLimits
 
     cfg = load_consortium(consortium)
     holders = holders_from_consortium(cfg)

@@ -17,9 +17,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from crypto.ckks_keys import SCORING, SCORING_DEEP, LenderKeyPair
 from protocols.errors import ConfigError
-from protocols.scoring import InvalidRequest, MutualTls, ScoringLimits
+
+# Crypto and gRPC modules are imported inside the commands: every ``fedscore`` invocation imports
+# this module, and TenSEAL/torch would slow unrelated commands down.
 
 app = typer.Typer(no_args_is_help=True)
 lender_app = typer.Typer(help="Lender keys: generate a CKKS key pair, register its public half.", no_args_is_help=True)
@@ -34,7 +35,9 @@ _NAME = typer.Option("lender", "--name", help="This lender's certificate name (s
 
 
 def _client(key: Path, gateway: str, pki: Path, name: str, model: str = "", timeout: float = 60.0):
+    from crypto.ckks_keys import LenderKeyPair
     from participants.lender import LenderClient
+    from protocols.scoring import MutualTls
 
     return LenderClient.connect(gateway, MutualTls.from_pki(pki, name), LenderKeyPair.load(key), model_ref=model, timeout=timeout)
 
@@ -46,6 +49,8 @@ def keygen(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing key file."),
 ) -> None:
     """Generate the lender's CKKS key pair (default N=8192, depth 2: linear and polynomial tops)."""
+    from crypto.ckks_keys import SCORING, SCORING_DEEP, LenderKeyPair
+
     if out.exists() and not force:
         raise ConfigError(f"{out} exists; pass --force to replace it (scores under the old key become unreadable)")
     keys = LenderKeyPair.generate(SCORING_DEEP if deep else SCORING)
@@ -75,6 +80,7 @@ def score(
 ) -> None:
     """Score enterprises; only this lender's key decrypts the result."""
     from participants.lender import load_grants, read_batch
+    from protocols.scoring import InvalidRequest
 
     grants = load_grants(grant)
     if batch is not None:
@@ -131,6 +137,7 @@ def serve_responder_cmd(
     from participants.scoring_responder import EmbeddingTable, ResponderCore, serve_responder
     from protocols.consent import create_pseudonym_key, load_pseudonym_key
     from protocols.consortium import load_consortium
+    from protocols.scoring import MutualTls, ScoringLimits
 
     cfg = load_consortium(consortium)
     part = next((p for p in cfg.participants if p.name == participant), None)
