@@ -20,9 +20,15 @@ _SUBCOMMANDS = (
     "protocols.cli",
     "participants.cli",
     "participants.audit_cli",
+    "participants.lender_cli",
     "coordinator.cli",
     "coordinator.consent_cli",
     "coordinator.demo",
+)
+# Long-lived services: each role contributes its server to one ``fedscore serve`` group.
+_SERVICES = (
+    "coordinator.scoring_cli",  # serve gateway
+    "participants.lender_cli",  # serve responder
 )
 
 for _name, _value in {
@@ -43,6 +49,10 @@ def build_app() -> typer.Typer:
     )
     for module_name in _SUBCOMMANDS:
         root.add_typer(importlib.import_module(module_name).app)
+    serve = typer.Typer(help="Long-lived services: scoring gateway, scoring responder.", no_args_is_help=True)
+    for module_name in _SERVICES:
+        serve.add_typer(importlib.import_module(module_name).serve_app)
+    root.add_typer(serve, name="serve")
     return root
 
 

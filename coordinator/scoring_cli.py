@@ -13,8 +13,6 @@ from protocols.errors import ConfigError
 
 serve_app = typer.Typer(no_args_is_help=True)
 """Holds ``gateway``; the root command mounts it (with the responder's) under ``serve``."""
-app = typer.Typer(no_args_is_help=True)
-app.add_typer(serve_app, name="serve", help="Long-lived services.")
 
 
 @serve_app.command("gateway")

@@ -146,17 +146,10 @@ def test_batch_file_errors_name_the_line(world, tmp_path) -> None:
 
 
 def _root() -> typer.Typer:
-    """Mounted the way the ``fedscore`` command mounts the scoring sub-commands."""
-    import coordinator.scoring_cli as gateway_cli
-    import participants.lender_cli as lender_cli
+    """The real ``fedscore`` command tree."""
+    from fedscore import build_app
 
-    root = typer.Typer()
-    root.add_typer(lender_cli.app)
-    serve = typer.Typer(no_args_is_help=True)
-    serve.add_typer(gateway_cli.serve_app)
-    serve.add_typer(lender_cli.serve_app)
-    root.add_typer(serve, name="serve")
-    return root
+    return build_app()
 
 
 def test_keygen_writes_a_private_key_and_refuses_to_overwrite(tmp_path) -> None:
