@@ -35,6 +35,8 @@ def test_vertical_training_over_tls_with_node_auth(tmp_path) -> None:
                 "local-epochs": 2,
                 "batch-size": 64,
                 "lr": 0.1,
+                # full-size batches: deployment rounds cost seconds, keep this run to 2 forward rounds
+                "vertical-plan": json.dumps({"min_batches_per_epoch": 1}),
                 "expect-nodes": 3,
                 "connect-timeout": 60.0,
                 "round-timeout": 90.0,
