@@ -219,6 +219,9 @@ class AllowAll:
     def check(self, grant, *, enterprise, lender, purpose, holder) -> ConsentDecision:
         return ConsentDecision(allowed=True)
 
+    def check_many(self, requests, *, lender, purpose, holder) -> list[ConsentDecision]:
+        return [ConsentDecision(allowed=True) for _ in requests]
+
 
 # ---------------------------------------------------------------------------------------------
 # In-process deployment on loopback (threads; every hop over mutual TLS)

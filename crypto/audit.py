@@ -30,7 +30,8 @@ second disk) detects truncation below it with ``verify(..., head=...)``. Entries
 last published head can still be cut without trace — publish heads as often as that matters.
 
 Durability and concurrency: each append is one ``write`` on an ``O_APPEND`` descriptor followed by
-``fsync``, under a per-object thread lock and an exclusive ``flock`` (other processes appending to
+``fsync`` (:meth:`AuditLog.append_many` writes a batch of chained entries the same way, one ``write``
+and one ``fsync`` for all), under a per-object thread lock and an exclusive ``flock`` (other processes appending to
 the same file are serialized; the chain tail is re-read when the file changed underneath).
 
 Never put raw identifiers (USCCs) or features into events: use :func:`keyed_hash`.
@@ -49,7 +50,7 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from crypto._canonical import canonical_bytes
 from crypto.errors import AuditLogBroken, BadSignature, MalformedData
@@ -153,34 +154,51 @@ class AuditLog:
 
     def append(self, event: Mapping[str, Any]) -> dict[str, Any]:
         """Append ``event`` (JSON-able dict), durably; returns the full entry written."""
-        if not isinstance(event, Mapping):
-            raise MalformedData("an audit event must be a dict of JSON-able fields")
-        event = dict(event)
-        canonical_bytes(event)  # refuse non-JSON early, before taking locks
+        return self.append_many([event])[0]
+
+    def append_many(self, events: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Append ``events`` in order as consecutive chained entries, durably, with one ``write`` and
+        one ``fsync``; returns the entries written. All or nothing as far as this process can tell:
+        every event is checked before anything is written (a crash mid-write leaves an incomplete
+        last line, which :func:`verify` and the next append report)."""
+        checked = []
+        for event in events:
+            if not isinstance(event, Mapping):
+                raise MalformedData("an audit event must be a dict of JSON-able fields")
+            event = dict(event)
+            canonical_bytes(event)  # refuse non-JSON early, before taking locks
+            checked.append(event)
+        if not checked:
+            return []
         with self._lock:
             fcntl.flock(self._fd, fcntl.LOCK_EX)
             try:
                 self._refresh()
-                entry: dict[str, Any] = {
-                    "event": event,
-                    "prev": self._last_hash,
-                    "seq": self._next_seq,
-                    "signer": self._identity.fingerprint,
-                    "ts": _utc_now(self._clock),
-                }
-                entry["sig"] = base64.b64encode(self._identity.sign(_ENTRY_DOMAIN, entry)).decode()
-                line = canonical_bytes(entry)
-                data = line + b"\n"
-                view = memoryview(data)
+                seq, last_hash = self._next_seq, self._last_hash
+                entries: list[dict[str, Any]] = []
+                lines: list[bytes] = []
+                for event in checked:
+                    entry: dict[str, Any] = {
+                        "event": event,
+                        "prev": last_hash,
+                        "seq": seq,
+                        "signer": self._identity.fingerprint,
+                        "ts": _utc_now(self._clock),
+                    }
+                    entry["sig"] = base64.b64encode(self._identity.sign(_ENTRY_DOMAIN, entry)).decode()
+                    line = canonical_bytes(entry)
+                    entries.append(entry)
+                    lines.append(line)
+                    seq, last_hash = seq + 1, _line_hash(line)
+                view = memoryview(b"".join(line + b"\n" for line in lines))
                 while view:
                     view = view[os.write(self._fd, view):]
                 os.fsync(self._fd)
                 self._known_size = os.fstat(self._fd).st_size
-                self._next_seq += 1
-                self._last_hash = _line_hash(line)
+                self._next_seq, self._last_hash = seq, last_hash
             finally:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
-        return entry
+        return entries
 
     def head(self) -> dict[str, Any]:
         """Signed ``{count, last_hash}`` of the log as it is now (publish it to detect truncation)."""

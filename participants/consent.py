@@ -1,6 +1,7 @@
 """Consent enforcement at a data holder: no use of an enterprise's data without a valid grant.
 
-Every scoring, monitoring or training use goes through :meth:`ConsentGuard.check` first. The guard
+Every scoring, monitoring or training use goes through :meth:`ConsentGuard.check` (or, for a batch,
+:meth:`ConsentGuard.check_many`) first. The guard
 checks the authority's signature, the enterprise, lender, purpose, its own inclusion, the requested
 fields, the time window, the revocation list (which must be fresh) and finally counts the use
 atomically. Every check, allowed or refused, is appended to the node's signed audit log with the
@@ -16,8 +17,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 from pydantic import ValidationError
 
@@ -43,9 +46,28 @@ from protocols.consent import (
 from protocols.errors import ProtocolViolation
 from protocols.uscc import validate_uscc
 
-__all__ = ["ConsentGuard", "FileRevocationSource"]
+__all__ = ["ConsentGuard", "ConsentRequest", "FileRevocationSource"]
 
 log = logging.getLogger(__name__)
+
+class ConsentRequest(NamedTuple):
+    """One enterprise in a :meth:`ConsentGuard.check_many` batch (a plain tuple works too)."""
+
+    grant: Grant | str | bytes
+    enterprise: str
+    fields: tuple[str, ...] | list[str] | None = None
+
+
+class _AlreadyVerified:
+    """Stands in for the authority key in :func:`refusal_reason` for a grant the guard has just
+    verified itself, so a batch verifies each distinct grant once and the rule order stays there."""
+
+    @staticmethod
+    def verify(domain: str, message: object, signature: bytes) -> None:
+        return None
+
+
+_ALREADY_VERIFIED = _AlreadyVerified()
 
 DEFAULT_REFRESH_INTERVAL = timedelta(seconds=10)
 """How often :meth:`ConsentGuard.check` pulls a new list on its own; well under the freshness bound
@@ -151,59 +173,128 @@ class ConsentGuard:
 
         Raises :class:`protocols.errors.InvalidUSCC` for a malformed ``enterprise``.
         """
-        enterprise = validate_uscc(enterprise)
+        [decision] = self.check_many(
+            [ConsentRequest(grant, enterprise, fields)], lender=lender, purpose=purpose, holder=holder, now=now
+        )
+        return decision
+
+    def check_many(
+        self,
+        requests: Iterable[ConsentRequest | tuple],
+        *,
+        lender: str,
+        purpose: Purpose | str,
+        holder: str,
+        now: datetime | None = None,
+    ) -> list[ConsentDecision]:
+        """:meth:`check` for a batch of ``(grant, enterprise[, fields])`` requests; decisions in input
+        order, each the one :meth:`check` would give called one by one at ``now``.
+
+        What makes a batch cheap: one revocation-list freshness check, each distinct grant verified
+        once, one SQLite transaction counting every allowed use (same conditional upsert, so
+        ``max_uses`` holds against concurrent requests) and one audit append (one fsync). Every
+        enterprise is validated first: :class:`protocols.errors.InvalidUSCC` is raised before
+        anything is counted or audited.
+        """
+        batch = [r if isinstance(r, ConsentRequest) else ConsentRequest(*r) for r in requests]
+        enterprises = [validate_uscc(r.enterprise) for r in batch]
+        if not batch:
+            return []
         now = now or self._clock()
         self._maybe_refresh(now)
-        parsed = _parse_grant(grant)
-        uses: int | None = None
-        if parsed is None:
-            reason: RefusalReason | None = RefusalReason.BAD_SIGNATURE
-        else:
-            reason = refusal_reason(
+        revocations = self._store.revocation_list()
+        parsed_by_text: dict[str | bytes, Grant | None] = {}
+        verified: dict[tuple[str, str], Grant] = {}
+        grants: list[Grant | None] = []
+        reasons: list[RefusalReason | None] = []
+        for request, enterprise in zip(batch, enterprises):
+            parsed = self._parse_cached(request.grant, parsed_by_text)
+            grants.append(parsed)
+            if parsed is None or not self._verify_cached(parsed, verified):
+                reasons.append(RefusalReason.BAD_SIGNATURE)
+                continue
+            reasons.append(refusal_reason(
                 parsed,
-                authority_key=self._authority,
+                authority_key=_ALREADY_VERIFIED,  # type: ignore[arg-type]
                 enterprise=enterprise,
                 lender=lender,
                 purpose=purpose,
                 holder=holder,
                 now=now,
-                revocations=self._store.revocation_list(),
+                revocations=revocations,
                 max_list_age=self._max_list_age,
-                fields=fields,
-            )
-            if reason is None:
-                uses = self._store.try_use(parsed.grant_id, holder, parsed.terms.max_uses)
-                if uses is None:
-                    reason = RefusalReason.USES_EXHAUSTED
-        # Only a verified grant's id is worth recording; a forged one is attacker-chosen text.
-        trusted = parsed is not None and reason is not RefusalReason.BAD_SIGNATURE
-        decision = ConsentDecision(
-            allowed=reason is None,
-            reason=reason,
-            grant_id=parsed.grant_id if trusted else None,
-            uses=uses,
-            fields=parsed.terms.fields if reason is None and parsed is not None else None,
+                fields=request.fields,
+            ))
+        uses: list[int | None] = [None] * len(batch)
+        counted = [i for i, reason in enumerate(reasons) if reason is None]
+        counts = self._store.try_use_many(
+            holder, [(grants[i].grant_id, grants[i].terms.max_uses) for i in counted]  # type: ignore[union-attr]
         )
-        self._record(
-            UseRecord(
-                action="use",
-                node=self.node,
-                outcome="allowed" if decision.allowed else "refused",
-                at=now,
-                reason=None if reason is None else reason.value,
-                enterprise=keyed_hash(self._hash_key, enterprise),
-                lender=lender,
-                grant_id=decision.grant_id,
-                purpose=str(purpose),
-                holder=holder,
-                uses=uses,
+        for i, count in zip(counted, counts):
+            uses[i] = count
+            if count is None:
+                reasons[i] = RefusalReason.USES_EXHAUSTED
+        decisions: list[ConsentDecision] = []
+        records: list[UseRecord] = []
+        for parsed, reason, count, enterprise in zip(grants, reasons, uses, enterprises):
+            # Only a verified grant's id is worth recording; a forged one is attacker-chosen text.
+            trusted = parsed is not None and reason is not RefusalReason.BAD_SIGNATURE
+            decision = ConsentDecision(
+                allowed=reason is None,
+                reason=reason,
+                grant_id=parsed.grant_id if trusted else None,
+                uses=count,
+                fields=parsed.terms.fields if reason is None and parsed is not None else None,
             )
-        )
-        return decision
+            decisions.append(decision)
+            records.append(
+                UseRecord(
+                    action="use",
+                    node=self.node,
+                    outcome="allowed" if decision.allowed else "refused",
+                    at=now,
+                    reason=None if reason is None else reason.value,
+                    enterprise=keyed_hash(self._hash_key, enterprise),
+                    lender=lender,
+                    grant_id=decision.grant_id,
+                    purpose=str(purpose),
+                    holder=holder,
+                    uses=count,
+                )
+            )
+        self._record(records)
+        return decisions
 
-    def _record(self, record: UseRecord) -> None:
-        # Fail closed: if the audit entry cannot be written, the exception stops the use.
-        self._audit.append(record.model_dump(mode="json", exclude_none=True))
+    @staticmethod
+    def _parse_cached(grant: Grant | str | bytes, cache: dict[str | bytes, Grant | None]) -> Grant | None:
+        if isinstance(grant, Grant):
+            return grant
+        if grant not in cache:
+            cache[grant] = _parse_grant(grant)
+        return cache[grant]
+
+    def _verify_cached(self, grant: Grant, cache: dict[tuple[str, str], Grant]) -> bool:
+        """Whether the authority signed ``grant``; a grant equal in every field to one verified
+        earlier in the batch (same id and signature) is not verified again."""
+        key = (grant.grant_id, grant.signature)
+        if cache.get(key) == grant:
+            return True
+        try:
+            grant.verify(self._authority)
+        except (BadSignature, MalformedData):
+            return False
+        cache[key] = grant
+        return True
+
+    def _record(self, records: list[UseRecord]) -> None:
+        # Fail closed: if the audit entries cannot be written, the exception stops the use.
+        events = [r.model_dump(mode="json", exclude_none=True) for r in records]
+        append_many = getattr(self._audit, "append_many", None)
+        if append_many is not None:
+            append_many(events)
+            return
+        for event in events:
+            self._audit.append(event)
 
     def use_reports(self, node_key: IdentityKey, now: datetime | None = None) -> list[UseReport]:
         """Signed counts of every grant this node has served, for the authority's status view."""

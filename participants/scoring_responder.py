@@ -1,8 +1,8 @@
 """Scoring responder: a data holder's long-lived gRPC service that answers the gateway with
 ciphertexts only.
 
-For each request it checks consent per enterprise (purpose ``scoring``, the lender the gateway
-authenticated), looks the enterprises up in its precomputed bottom outputs, and encrypts the
+For each request it checks consent for the whole batch in one call (purpose ``scoring``, the
+lender the gateway authenticated), looks the enterprises up in its precomputed bottom outputs, and encrypts the
 (n × d) block under the lender's public context: a zero row for an enterprise it may not use or
 does not know, so the reply has the same shape and cost either way and says nothing about whether
 the holder knows the enterprise. Only consent refusal reasons travel in clear; they depend only on
@@ -58,9 +58,12 @@ GATEWAY_NAME = "scoring-gateway"
 
 
 class ConsentChecker(Protocol):
-    """What the responder needs of :class:`participants.consent.ConsentGuard`."""
+    """What the responder needs of :class:`participants.consent.ConsentGuard`: one batch check per
+    request (``(grant, enterprise)`` pairs, decisions in order)."""
 
-    def check(self, grant, *, enterprise: str, lender: str, purpose, holder: str) -> ConsentDecision: ...
+    def check_many(
+        self, requests: Sequence[tuple[str, str]], *, lender: str, purpose, holder: str
+    ) -> list[ConsentDecision]: ...
 
 
 @dataclass(frozen=True)
@@ -220,15 +223,13 @@ class ResponderCore:
                 codes.append(validate_uscc(code))
             except InvalidUSCC as exc:
                 raise InvalidRequest(f"subject {i}: invalid USCC: {exc.rule}") from None
-        refusals: dict[int, str] = {}
-        allowed: list[bool] = []
-        for i, (code, grant) in enumerate(zip(codes, grants, strict=True)):
-            decision = self._consent.check(
-                grant, enterprise=code, lender=lender, purpose=Purpose.SCORING, holder=self.name
-            )
-            allowed.append(decision.allowed)
-            if not decision.allowed:
-                refusals[i] = decision.reason.value if decision.reason is not None else "refused"
+        decisions = self._consent.check_many(
+            list(zip(grants, codes, strict=True)), lender=lender, purpose=Purpose.SCORING, holder=self.name
+        )
+        allowed = [d.allowed for d in decisions]
+        refusals = {
+            i: d.reason.value if d.reason is not None else "refused" for i, d in enumerate(decisions) if not d.allowed
+        }
         block = table.lookup(codes, allowed)
         if layout == "packed":
             flat = block.T.ravel()

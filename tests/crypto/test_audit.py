@@ -199,3 +199,66 @@ def test_incomplete_last_line_is_reported(log_path, node):
 def test_log_of_another_identity_is_not_extended(log_path):
     with pytest.raises(AuditLogBroken):
         AuditLog(log_path, IdentityKey.generate())
+
+
+# --- batches --------------------------------------------------------------------------------------
+
+
+def test_append_many_continues_the_chain_and_verifies(log_path, node):
+    with AuditLog(log_path, node) as log:
+        entries = log.append_many([{"batch": i} for i in range(5)])
+        after = log.append({"single": True})
+    assert [e["seq"] for e in entries] == list(range(N, N + 5)) and after["seq"] == N + 5
+    assert verify(log_path, node.public_key) == N + 6
+    assert [json.loads(line)["event"] for line in lines(log_path)[N:N + 5]] == [{"batch": i} for i in range(5)]
+
+
+def test_append_many_of_nothing_writes_nothing(log_path, node):
+    before = log_path.read_bytes()
+    with AuditLog(log_path, node) as log:
+        assert log.append_many([]) == []
+    assert log_path.read_bytes() == before
+
+
+def test_append_many_refuses_a_bad_event_before_writing_any(log_path, node):
+    before = log_path.read_bytes()
+    with AuditLog(log_path, node) as log:
+        with pytest.raises(MalformedData):
+            log.append_many([{"ok": 1}, {"raw": b"bytes"}])
+        with pytest.raises(MalformedData):
+            log.append_many([{"ok": 1}, "not a dict"])  # type: ignore[list-item]
+    assert log_path.read_bytes() == before
+
+
+def test_append_many_fsyncs_once(log_path, node, monkeypatch):
+    calls = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real(fd)))
+    with AuditLog(log_path, node) as log:
+        log.append_many([{"i": i} for i in range(50)])
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("tamper, reason", [
+    (lambda ls: ls.__setitem__(N + 2, ls[N + 2].replace(b'"batch":2', b'"batch":7')), "edited"),
+    (lambda ls: ls.pop(N + 1), "removed"),
+    (lambda ls: ls.insert(N + 1, ls.pop(N + 2)), "reordered"),
+])
+def test_tampering_inside_a_batch_is_caught(log_path, node, tamper, reason):
+    with AuditLog(log_path, node) as log:
+        log.append_many([{"batch": i} for i in range(4)])
+    ls = lines(log_path)
+    tamper(ls)
+    write(log_path, ls)
+    err = broken(log_path, node)
+    assert reason in err.reason and N <= err.index <= N + 2
+
+
+def test_batches_from_two_appenders_interleave_safely(tmp_path, node):
+    path = tmp_path / "two-batches.jsonl"
+    a, b = AuditLog(path, node), AuditLog(path, node)
+    for i in range(3):
+        a.append_many([{"from": "a", "i": i, "j": j} for j in range(4)])
+        b.append_many([{"from": "b", "i": i, "j": j} for j in range(4)])
+    a.close(), b.close()
+    assert verify(path, node.public_key) == 24

@@ -252,41 +252,51 @@ def test_refusal_reveals_nothing_about_whether_the_holder_knows_the_enterprise(e
 # concurrency ----------------------------------------------------------------------------------
 
 
-def test_threads_racing_on_a_grant_get_exactly_max_uses(env) -> None:
-    guard, *_ = env
-    grant = make_grant(max_uses=5)
+def race(threads: int, attempt) -> Counter:
+    """Start ``threads`` threads at once, each calling ``attempt()`` (a list of outcomes) 3 times."""
     results: list[bool] = []
-    barrier = threading.Barrier(16)
+    barrier = threading.Barrier(threads)
 
     def worker() -> None:
         barrier.wait()
         for _ in range(3):
-            results.append(check(guard, grant).allowed)
+            results.extend(attempt())
 
-    threads = [threading.Thread(target=worker) for _ in range(16)]
-    for t in threads:
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in pool:
         t.start()
-    for t in threads:
+    for t in pool:
         t.join()
-    assert Counter(results) == Counter({True: 5, False: 43})
+    return Counter(results)
+
+
+def test_threads_racing_on_a_grant_get_exactly_max_uses(env) -> None:
+    guard, *_ = env
+    grant = make_grant(max_uses=5)
+    assert race(16, lambda: [check(guard, grant).allowed]) == Counter({True: 5, False: 43})
 
 
 _RACE = """
 import sys
 from participants.consent_store import HolderStore
-path, grant_id, max_uses, attempts, go = sys.argv[1:]
+path, grant_id, max_uses, attempts, batch, go = sys.argv[1:]
 store = HolderStore(path)
 while not __import__("os").path.exists(go):
     pass
-print(sum(store.try_use(grant_id, "tax", int(max_uses)) is not None for _ in range(int(attempts))))
+if batch == "1":
+    print(sum(store.try_use(grant_id, "tax", int(max_uses)) is not None for _ in range(int(attempts))))
+else:  # the same attempts, counted in batches of ``batch`` uses per transaction
+    got = [store.try_use_many("tax", [(grant_id, int(max_uses))] * int(batch)) for _ in range(int(attempts))]
+    print(sum(u is not None for uses in got for u in uses))
 """
 
 
-def test_two_processes_racing_on_the_store_get_exactly_max_uses(tmp_path: Path) -> None:
+@pytest.mark.parametrize("batch", [1, 5])
+def test_two_processes_racing_on_the_store_get_exactly_max_uses(tmp_path: Path, batch: int) -> None:
     path, go = tmp_path / "shared.db", tmp_path / "go"
     HolderStore(path)
     grant_id = new_grant_id()
-    args = [sys.executable, "-c", _RACE, str(path), grant_id, "7", "25", str(go)]
+    args = [sys.executable, "-c", _RACE, str(path), grant_id, "7", "25", str(batch), str(go)]
     procs = [subprocess.Popen(args, stdout=subprocess.PIPE, text=True, cwd=ROOT) for _ in range(2)]
     go.touch()
     successes = [int(p.communicate(timeout=60)[0]) for p in procs]
@@ -300,3 +310,116 @@ def test_two_connections_interleaved_respect_the_bound(tmp_path: Path) -> None:
     grant_id = new_grant_id()
     got = [s.try_use(grant_id, "tax", 3) for s in (a, b, a, b, a, b)]
     assert got == [1, 2, 3, None, None, None]
+
+
+# batches --------------------------------------------------------------------------------------
+
+
+def _guard(tmp_path: Path, name: str, clock: Clock, publisher: ListPublisher) -> tuple[ConsentGuard, Path]:
+    audit_path = tmp_path / name / "audit.log"
+    guard = ConsentGuard(
+        node="tax", authority_key=AUTHORITY.public_key, store=HolderStore(tmp_path / name / "consent.db"),
+        source=FileRevocationSource(publisher.path), audit=AuditLog(audit_path, NODE), hash_key=HASH_KEY,
+        refresh_interval=timedelta(seconds=5), clock=clock,
+    )
+    guard.refresh()
+    return guard, audit_path
+
+
+def _mixed_batch(publisher: ListPublisher) -> list[tuple[object, str, tuple[str, ...] | None]]:
+    """Every outcome at once: valid, expired, revoked, wrong lender, exhausted, forged, repeated."""
+    codes = [make_uscc(f"9135010{i:010d}") for i in range(8)]
+    valid = make_grant(enterprise=codes[0], max_uses=3)
+    expired = make_grant(enterprise=codes[1], valid_until=T0 + timedelta(hours=1))
+    revoked = make_grant(enterprise=codes[2])
+    publisher.revoked.append(revoked)
+    other_lender = make_grant(enterprise=codes[3], lender="bank-b")
+    once = make_grant(enterprise=codes[4], max_uses=1)
+    fields = make_grant(enterprise=codes[5], fields=("revenue",))
+    tampered = make_grant(enterprise=codes[6]).model_dump(mode="json")
+    tampered["terms"]["lender"] = "bank-b"
+    return [
+        (valid, codes[0], None), (expired, codes[1], None), (revoked, codes[2], None),
+        (other_lender.model_dump_json(), codes[3], None), (once, codes[4], None), (once, codes[4], None),
+        (fields, codes[5], ("revenue",)), (fields, codes[5], ("revenue", "vat")),
+        (json.dumps(tampered), codes[6], None), ("not a grant", codes[7], None),
+        (valid.model_dump_json(), codes[0], None), (valid, codes[0], None), (valid, codes[0], None),
+        (valid, OTHER, None),
+    ]
+
+
+def test_check_many_decides_exactly_like_check_one_by_one(tmp_path: Path) -> None:
+    clock = Clock(T0 + timedelta(days=1))
+    publisher = ListPublisher(tmp_path / "revocations.json")
+    batch = _mixed_batch(publisher)
+    publisher.publish(clock.now)
+    one, one_log = _guard(tmp_path, "one", clock, publisher)
+    many, many_log = _guard(tmp_path, "many", clock, publisher)
+    kw = dict(lender="bank-a", purpose="scoring", holder="tax")
+
+    expected = [one.check(g, enterprise=e, fields=f, **kw) for g, e, f in batch]  # type: ignore[arg-type]
+    got = many.check_many(batch, **kw)  # type: ignore[arg-type]
+
+    assert got == expected
+    reasons = [d.reason for d in got]
+    for reason in (None, RefusalReason.EXPIRED, RefusalReason.REVOKED, RefusalReason.WRONG_LENDER,
+                   RefusalReason.USES_EXHAUSTED, RefusalReason.FIELD_NOT_COVERED, RefusalReason.BAD_SIGNATURE,
+                   RefusalReason.ENTERPRISE_MISMATCH):
+        assert reason in reasons
+    assert [d.uses for d in got if d.grant_id == batch[0][0].grant_id and d.allowed] == [1, 2, 3]  # type: ignore[union-attr]
+    # the same audit trail, one entry per request, in order
+    assert verify(many_log, NODE.public_key) == len(batch)
+    assert audit_events(many_log) == audit_events(one_log)
+    assert many.use_reports(NODE) and [(r.grant_id, r.uses) for r in many.use_reports(NODE)] == [
+        (r.grant_id, r.uses) for r in one.use_reports(NODE)]
+
+
+def test_check_many_pulls_the_list_once_and_writes_once(env, monkeypatch) -> None:
+    guard, clock, publisher, log_path = env
+    clock.advance(seconds=10)  # past the refresh interval
+    fetched: list[int] = []
+    fetch = guard._source.fetch
+    monkeypatch.setattr(guard._source, "fetch", lambda: (fetched.append(1), fetch())[1])
+    transactions: list[int] = []
+    tx = guard._store._tx
+    monkeypatch.setattr(guard._store, "_tx", lambda: (transactions.append(1), tx())[1])
+    codes = [make_uscc(f"9144030{i:010d}") for i in range(20)]
+    decisions = guard.check_many([(make_grant(enterprise=c), c) for c in codes], lender="bank-a",
+                                 purpose="scoring", holder="tax")
+    assert all(d.allowed and d.uses == 1 for d in decisions)
+    assert len(fetched) == 1
+    assert len(transactions) == 2  # the pulled list saved, then all 20 uses counted together
+    assert verify(log_path, NODE.public_key) == 20
+
+
+def test_check_many_refuses_a_malformed_uscc_before_counting_anything(env) -> None:
+    from protocols.errors import InvalidUSCC
+
+    guard, _, _, log_path = env
+    grant = make_grant(max_uses=1)
+    with pytest.raises(InvalidUSCC):
+        guard.check_many([(grant, ENTERPRISE), (grant, "123")], lender="bank-a", purpose="scoring", holder="tax")
+    assert guard._store.uses(grant.grant_id, "tax") == 0
+    assert not log_path.exists() or log_path.read_text() == ""
+    assert guard.check_many([], lender="bank-a", purpose="scoring", holder="tax") == []
+
+
+def test_a_forged_copy_of_a_verified_grant_is_not_trusted_within_a_batch(env) -> None:
+    guard, *_ = env
+    grant = make_grant()
+    forged = grant.model_copy(update={"terms": grant.terms.model_copy(update={"enterprise": OTHER})})
+    first, second = guard.check_many([(grant, ENTERPRISE), (forged, OTHER)], lender="bank-a", purpose="scoring",
+                                     holder="tax")
+    assert first.allowed and second.reason is RefusalReason.BAD_SIGNATURE
+
+
+def test_threads_racing_with_batches_get_exactly_max_uses(env) -> None:
+    guard, *_ = env
+    grant = make_grant(max_uses=5)
+
+    def attempt() -> list[bool]:
+        decisions = guard.check_many([(grant, ENTERPRISE)] * 2, lender="bank-a", purpose="scoring", holder="tax")
+        return [d.allowed for d in decisions]
+
+    assert race(8, attempt) == Counter({True: 5, False: 43})
+

@@ -210,3 +210,21 @@ def test_single_enterprise_replies_use_each_pooled_zero_once(world, keys, env) -
     assert len(set(outputs)) == 3  # fresh randomness every time: no two replies share ciphertext bytes
     assert core.zeros._pools[(keys.key_id, d)]  # later requests were served from the pool
     core.close()
+
+
+def test_a_request_checks_consent_in_one_batch(world, keys, env) -> None:
+    """One ``check_many`` per request (one use-count transaction, one audit fsync), not one per enterprise."""
+    core, _, _ = env
+    guard = core._consent
+    calls: list[int] = []
+
+    class Counting:
+        def check_many(self, requests, **kw):
+            calls.append(len(requests))
+            return guard.check_many(requests, **kw)
+
+    core._consent = Counting()
+    known, unknown = _known_and_unknown(world)
+    usccs = known + [unknown]
+    _, _, refusals = _call(core, world, usccs, [world.grant(u) for u in usccs])
+    assert calls == [4] and refusals == {}
