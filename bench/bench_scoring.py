@@ -299,15 +299,15 @@ def _plain_cores():
     from protocols.scoring import Stamp, validate_subjects
 
     class PlainResponder(ResponderCore):
-        def contribute(self, *, key_id, model_ref, lender, layout, usccs, grants):
+        def contribute(self, *, key_id, model_ref, lender, layout, usccs, grants, purpose=Purpose.SCORING.value):
             table = self.model(model_ref)
-            allowed = [self._consent.check(g, enterprise=u, lender=lender, purpose=Purpose.SCORING, holder=self.name).allowed
-                       for u, g in zip(usccs, grants)]
+            allowed = [d.allowed for d in self._consent.check_many(list(zip(grants, usccs)), lender=lender,
+                                                                    purpose=purpose, holder=self.name)]
             block = table.lookup(usccs, allowed)
             return [block.T.astype("<f8").tobytes()], table.out_dim, {}
 
     class PlainGateway(GatewayCore):
-        def score(self, lender, key_id, model_ref, usccs, grants, *, timeout=None, request_id=""):
+        def score(self, lender, key_id, model_ref, usccs, grants, *, timeout=None, request_id="", purpose="scoring"):
             codes = validate_subjects(usccs, grants, self.limits)
             ref = model_ref or self.default_model
             spec = self.top(ref)

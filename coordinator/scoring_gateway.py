@@ -55,6 +55,7 @@ from protocols.scoring import (
     grpc_options,
     layout_for,
     peer_name,
+    scoring_purpose,
     status_name,
     validate_subjects,
 )
@@ -317,13 +318,16 @@ class GatewayCore:
         *,
         timeout: float | None = None,
         request_id: str = "",
+        purpose: str = "scoring",
     ) -> pb.ScoreResponse:
-        """Fan out, evaluate, return the encrypted shares (raises a :class:`ScoringError`)."""
+        """Fan out, evaluate, return the encrypted shares (raises a :class:`ScoringError`).
+        ``purpose`` (``scoring`` or ``monitoring``) goes to every holder's consent check."""
         start = time.monotonic()
         deadline = start + (timeout if timeout is not None else self.limits.default_deadline_s) - 0.02
         if len(grants) != len(usccs):
             raise InvalidRequest("every subject needs a grant")
         codes = validate_subjects(usccs, grants, self.limits)
+        purpose = scoring_purpose(purpose)
         ctx = self.keys.get(lender, key_id)
         ref = model_ref or self.default_model
         spec = self.top(ref)
@@ -341,7 +345,7 @@ class GatewayCore:
             s = Stamp.new()
             request = pb.ContributeRequest(
                 stamp=pb.Stamp(request_id=s.request_id, issued_at_ms=s.issued_at_ms), key_id=ctx.key_id,
-                model_ref=ref, lender=lender, layout=layout, subjects=subjects,
+                model_ref=ref, lender=lender, layout=layout, subjects=subjects, purpose=purpose,
             )
             calls.append(self._pool.submit(self._ask, holder, ctx, request, deadline, expect, n))
         results: list[_HolderResult] = []
@@ -411,7 +415,7 @@ class GatewayService(pb_grpc.ScoringGatewayServicer):
             return self.core.score(
                 lender, request.key_id, request.model_ref,
                 [s.uscc for s in request.subjects], [s.grant_json for s in request.subjects],
-                timeout=context.time_remaining(), request_id=request.stamp.request_id,
+                timeout=context.time_remaining(), request_id=request.stamp.request_id, purpose=request.purpose,
             )
         except (ScoringError, ProtocolError, CryptoError) as exc:
             _abort(context, exc)

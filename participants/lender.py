@@ -6,7 +6,7 @@ Recipe::
     keys = LenderKeyPair.generate()                          # or LenderKeyPair.load("lender.ckks")
     client = LenderClient.connect("gw:50051", MutualTls.from_pki("pki", "lender"), keys)
     client.register()                                        # uploads the public context (once)
-    [result] = client.score(["91350100M000100Y43"], [grant_json])
+    [result] = client.score(["91350100M000100Y43"], [grant_json])   # purpose="monitoring" for a watchlist
     result.pd, result.score, result.grade, result.sources
 
     results = client.score_batch(pairs)                      # thousands: split into slot-sized requests
@@ -45,6 +45,7 @@ from protocols.scoring import (
     error_from_status,
     grade_for,
     grpc_options,
+    scoring_purpose,
     sigmoid,
 )
 from protocols.uscc import validate_uscc
@@ -166,26 +167,33 @@ class LenderClient:
             raise InvalidRequest(f"gateway registered key {reply.key_id[:16]}, expected {self.keys.key_id[:16]}")
         return reply.key_id
 
-    def score(self, usccs: Sequence[str], grants: Sequence[str | Grant]) -> list[ScoreResult]:
-        """One request (at most ``limits.max_subjects`` enterprises), results in input order."""
+    def score(
+        self, usccs: Sequence[str], grants: Sequence[str | Grant], *, purpose: str = "scoring"
+    ) -> list[ScoreResult]:
+        """One request (at most ``limits.max_subjects`` enterprises), results in input order.
+        ``purpose``: what the grants authorise, ``scoring`` or ``monitoring`` (a watchlist's monthly
+        scores); every holder refuses a grant issued for another purpose."""
         if len(usccs) != len(grants):
             raise InvalidRequest(f"{len(usccs)} enterprises but {len(grants)} grants")
+        purpose = scoring_purpose(purpose)
         texts = [g.model_dump_json() if isinstance(g, Grant) else str(g) for g in grants]
         request = pb.ScoreRequest(
-            stamp=_stamp(), key_id=self.keys.key_id, model_ref=self.model_ref,
+            stamp=_stamp(), key_id=self.keys.key_id, model_ref=self.model_ref, purpose=purpose,
             subjects=[pb.Subject(uscc=u, grant_json=g) for u, g in zip(usccs, texts)],
         )
         response = self.transport.score(request, self.timeout + len(usccs) * self.limits.per_subject_timeout_s)
         return results_from_response(self.keys, response, [s.uscc for s in request.subjects], self.scale)
 
     def score_batch(
-        self, pairs: Sequence[tuple[str, str | Grant]], *, chunk: int | None = None, parallel: int = 2
+        self, pairs: Sequence[tuple[str, str | Grant]], *, chunk: int | None = None, parallel: int = 2,
+        purpose: str = "scoring",
     ) -> list[ScoreResult]:
         """Many enterprises: slot-sized requests, ``parallel`` in flight, results in input order."""
+        purpose = scoring_purpose(purpose)
         size = min(chunk or self.limits.max_subjects, self.limits.max_subjects)
         chunks = [pairs[i:i + size] for i in range(0, len(pairs), size)]
         with futures.ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-            parts = pool.map(lambda c: self.score([u for u, _ in c], [g for _, g in c]), chunks)
+            parts = pool.map(lambda c: self.score([u for u, _ in c], [g for _, g in c], purpose=purpose), chunks)
             return [r for part in parts for r in part]
 
 

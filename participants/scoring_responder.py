@@ -1,8 +1,8 @@
 """Scoring responder: a data holder's long-lived gRPC service that answers the gateway with
 ciphertexts only.
 
-For each request it checks consent for the whole batch in one call (purpose ``scoring``, the
-lender the gateway authenticated), looks the enterprises up in its precomputed bottom outputs, and encrypts the
+For each request it checks consent for the whole batch in one call (the request's purpose,
+``scoring`` unless the lender asked for ``monitoring``, and the lender the gateway authenticated), looks the enterprises up in its precomputed bottom outputs, and encrypts the
 (n × d) block under the lender's public context: a zero row for an enterprise it may not use or
 does not know, so the reply has the same shape and cost either way and says nothing about whether
 the holder knows the enterprise. Only consent refusal reasons travel in clear; they depend only on
@@ -46,6 +46,7 @@ from protocols.scoring import (
     UnknownModel,
     grpc_options,
     peer_name,
+    scoring_purpose,
     status_name,
 )
 from protocols.uscc import validate_uscc
@@ -206,9 +207,12 @@ class ResponderCore:
 
     # requests --------------------------------------------------------------------------------
     def contribute(
-        self, *, key_id: str, model_ref: str, lender: str, layout: str, usccs: Sequence[str], grants: Sequence[str]
+        self, *, key_id: str, model_ref: str, lender: str, layout: str, usccs: Sequence[str], grants: Sequence[str],
+        purpose: str = Purpose.SCORING.value,
     ) -> tuple[list[bytes], int, dict[int, str]]:
-        """Encrypted bottom outputs for a batch, and the consent refusals by subject index."""
+        """Encrypted bottom outputs for a batch, and the consent refusals by subject index; every
+        grant must authorise ``purpose`` (``scoring`` or ``monitoring``)."""
+        purpose = scoring_purpose(purpose)
         if layout not in ("packed", "columns"):
             raise InvalidRequest(f"layout {layout!r} is not 'packed' or 'columns'")
         if len(usccs) > self.limits.max_subjects:
@@ -224,7 +228,7 @@ class ResponderCore:
             except InvalidUSCC as exc:
                 raise InvalidRequest(f"subject {i}: invalid USCC: {exc.rule}") from None
         decisions = self._consent.check_many(
-            list(zip(grants, codes, strict=True)), lender=lender, purpose=Purpose.SCORING, holder=self.name
+            list(zip(grants, codes, strict=True)), lender=lender, purpose=purpose, holder=self.name
         )
         allowed = [d.allowed for d in decisions]
         refusals = {
@@ -282,6 +286,7 @@ class ResponderService(pb_grpc.ScoringResponderServicer):
                 layout=request.layout,
                 usccs=[s.uscc for s in request.subjects],
                 grants=[s.grant_json for s in request.subjects],
+                purpose=request.purpose,
             )
             return pb.ContributeResponse(holder=self.core.name, envelopes=envelopes, out_dim=out_dim, refusals=refusals)
         except (ScoringError, ProtocolError, CryptoError) as exc:

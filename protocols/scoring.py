@@ -5,7 +5,8 @@ Flow (protocol 4 of the design)::
     lender --Score(key_id, [uscc + grant])--> gateway --Contribute--> responder (each holder)
            <--shares (ciphertexts)----------          <--ciphertexts of its bottom output--
 
-* Each holder checks consent per enterprise, embeds the enterprises it knows with its bottom model
+* Each holder checks consent per enterprise for the request's purpose (``scoring`` by default, or
+  ``monitoring`` for a lender's watchlist: :data:`SCORING_PURPOSES`), embeds the enterprises it knows with its bottom model
   (zero for the ones it does not know or may not use) and encrypts under the lender's key.
 * The gateway sums the holders' ciphertexts and evaluates the top with plaintext weights. It never
   decrypts: it holds only public contexts.
@@ -68,6 +69,7 @@ __all__ = [
     "Stamp", "ReplayGuard", "ScoringLimits", "ScoreScale", "GRADE_BANDS", "grade_for",
     "SourceStatus", "ScoreResult", "Layout", "layout_for", "depth_needed",
     "ShareOut", "evaluate_top", "combine_shares", "validate_subjects", "MASK_BOUND",
+    "SCORING_PURPOSES", "scoring_purpose",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -312,6 +314,20 @@ class ScoreResult(BaseModel):
     sources: tuple[str, ...] = ()
     missing: dict[str, str] = Field(default_factory=dict)
     model_ref: str = ""
+
+
+SCORING_PURPOSES: tuple[str, ...] = ("scoring", "monitoring")
+"""Consent purposes a score request may name: a one-off ``scoring`` decision, or the periodic
+``monitoring`` of an enterprise on a lender's watchlist. Holders check every grant against it."""
+
+
+def scoring_purpose(purpose: str | None) -> str:
+    """The consent purpose of a score request: ``scoring`` when unset (``""`` on the wire), else
+    one of :data:`SCORING_PURPOSES`; anything else is an :class:`InvalidRequest`."""
+    value = str(purpose) if purpose else "scoring"
+    if value not in SCORING_PURPOSES:
+        raise InvalidRequest(f"purpose {value!r} is not one of {', '.join(SCORING_PURPOSES)}")
+    return value
 
 
 def validate_subjects(usccs: Sequence[str], grants: Sequence[str], limits: ScoringLimits) -> list[str]:

@@ -19,6 +19,7 @@ import pandas as pd
 from models.split import TopSpec, evaluate_top
 from participants.lender import LenderClient
 from participants.monitoring.watchlist import ScoreRecord
+from protocols.consent import Purpose
 from protocols.scoring import ScoreResult, ScoreScale, grade_for, sigmoid
 
 
@@ -37,9 +38,11 @@ def record_from_result(result: ScoreResult, as_of: str) -> ScoreRecord:
 class SdkScorer:
     """Encrypted scoring through the lender SDK.
 
-    The holders score with the data they hold now (each responder serves features as of its own
-    latest month); ``as_of`` labels the month in the lender's history. Per-source contributions are
-    not available on this path: the gateway returns only the encrypted total.
+    Requests carry purpose ``monitoring``: the holders check each enterprise's monitoring grant
+    (a ``scoring`` grant is refused as ``wrong_purpose``). The holders score with the data they hold
+    now (each responder serves features as of its own latest month); ``as_of`` labels the month in
+    the lender's history. Per-source contributions are not available on this path: the gateway
+    returns only the encrypted total.
     """
 
     def __init__(self, client: LenderClient, *, batch: int | None = None, parallel: int = 2) -> None:
@@ -50,7 +53,8 @@ class SdkScorer:
     def score(self, subjects: Sequence[tuple[str, str]], as_of: str) -> list[ScoreRecord]:
         if not subjects:
             return []
-        results = self.client.score_batch(list(subjects), chunk=self.batch, parallel=self.parallel)
+        results = self.client.score_batch(list(subjects), chunk=self.batch, parallel=self.parallel,
+                                          purpose=Purpose.MONITORING.value)
         return [record_from_result(r, as_of) for r in results]
 
 

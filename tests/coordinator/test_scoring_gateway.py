@@ -160,6 +160,25 @@ def test_refusal_by_one_holder_affects_only_that_sme(world, client) -> None:
         assert results[i].sources == ("bank", "tax", "utility") and abs(results[i].pd - full[i]) < 1e-4
 
 
+def test_purpose_reaches_every_holder(world, client) -> None:
+    usccs = world.universe()[24:27]
+    monitoring = [world.grant(u, purpose="monitoring") for u in usccs]
+    with pytest.raises(NotAuthorized, match="wrong_purpose"):
+        client.score(usccs, monitoring)  # default purpose: scoring
+    results = client.score(usccs, monitoring, purpose="monitoring")
+    assert all(r.scored and r.sources == ("bank", "tax", "utility") for r in results)
+    assert np.max(np.abs(np.array([r.pd for r in results]) - world.plaintext_pd(usccs))) < 1e-4
+    with pytest.raises(NotAuthorized, match="wrong_purpose"):
+        client.score(usccs[:1], [world.grant(usccs[0])], purpose="monitoring")
+
+
+def test_unknown_purpose_is_invalid_argument(world, deployment, client) -> None:
+    request = _request(client, world, world.universe()[27:28])
+    request.purpose = "training"
+    with pytest.raises(InvalidRequest, match="purpose 'training'"):
+        _raw(world, deployment).score(request, 30)
+
+
 def test_label_holder_refusal_leaves_sme_unscored(world, client) -> None:
     usccs = world.universe()[20:22]
     grants = [world.grant(usccs[0], holders=("tax", "utility")), world.grant(usccs[1])]

@@ -41,7 +41,8 @@ class InProcessResponders:
         self.calls.append(holder.name)
         envelopes, d, refusals = self.cores[holder.name].contribute(
             key_id=request.key_id, model_ref=request.model_ref, lender=request.lender, layout=request.layout,
-            usccs=[s.uscc for s in request.subjects], grants=[s.grant_json for s in request.subjects])
+            usccs=[s.uscc for s in request.subjects], grants=[s.grant_json for s in request.subjects],
+            purpose=request.purpose)
         return pb.ContributeResponse(holder=holder.name, envelopes=envelopes, out_dim=d, refusals=refusals)
 
 
@@ -57,7 +58,7 @@ class InProcessGateway:
 
     def score(self, request, timeout):
         return self.core.score("lender", request.key_id, request.model_ref, [s.uscc for s in request.subjects],
-                               [s.grant_json for s in request.subjects], timeout=timeout)
+                               [s.grant_json for s in request.subjects], timeout=timeout, purpose=request.purpose)
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +100,29 @@ def test_score_batch_splits_into_requests_and_keeps_order(world, in_process) -> 
     results = client.score_batch(pairs, chunk=100, parallel=2)
     assert [r.uscc for r in results] == usccs
     assert np.max(np.abs(np.array([r.pd for r in results]) - world.plaintext_pd(usccs))) < 1e-4
+
+
+def test_purpose_travels_with_every_request(world, in_process) -> None:
+    transport, _ = in_process
+    sent: list[str] = []
+
+    class Recording:
+        def register_key(self, request, timeout):
+            return transport.register_key(request, timeout)
+
+        def score(self, request, timeout):
+            sent.append(request.purpose)
+            return transport.score(request, timeout)
+
+    client = LenderClient(Recording(), LenderKeyPair.generate())
+    client.register()
+    usccs = world.universe()[400:405]
+    client.score_batch([(u, world.grant(u, purpose="monitoring")) for u in usccs], chunk=2, purpose="monitoring")
+    client.score(usccs[:1], [world.grant(usccs[0])])
+    assert sent == ["monitoring"] * 3 + ["scoring"]
+    with pytest.raises(InvalidRequest, match="purpose 'training'"):
+        client.score(usccs[:1], [world.grant(usccs[0])], purpose="training")
+    assert len(sent) == 4  # refused before sending
 
 
 def test_mismatched_lengths_are_refused_before_sending(world, in_process) -> None:

@@ -1,5 +1,6 @@
-"""The monitor through the real encrypted path (gateway + responders on loopback, mutual TLS, CKKS)
-gives the same PDs as the plaintext reference the early-warning evaluation uses."""
+"""The monitor through the real encrypted path (gateway + responders on loopback, mutual TLS, CKKS,
+each holder's real consent guard checking purpose ``monitoring``) gives the same PDs as the
+plaintext reference the early-warning evaluation uses."""
 
 from __future__ import annotations
 
@@ -16,21 +17,9 @@ from participants.monitoring.alerts import AlertRules, JsonlSink
 from participants.monitoring.monitor import run_month
 from participants.monitoring.scorers import PlaintextScorer, SdkScorer
 from participants.monitoring.watchlist import Watchlist
-from protocols.consent import Purpose
 from tests.protocols.test_scoring import cached_world
 
 pytestmark = pytest.mark.timeout(300)
-
-
-class MonitoringConsent:
-    """A holder's real consent guard, asked for purpose ``monitoring``: the monitor's grants pass
-    every check except the purpose the responder names today (it asks for ``scoring``)."""
-
-    def __init__(self, guard) -> None:
-        self.guard = guard
-
-    def check(self, grant, *, enterprise, lender, purpose, holder):
-        return self.guard.check(grant, enterprise=enterprise, lender=lender, purpose=Purpose.MONITORING, holder=holder)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +30,7 @@ def world(tmp_path_factory):
 @pytest.fixture(scope="module")
 def client(world):
     state = Path(tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
-    guards = {h: MonitoringConsent(world.guard(h, state / h)) for h in world.holders}
+    guards = {h: world.guard(h, state / h) for h in world.holders}
     deployment = start_deployment(world, guards)
     c = deployment.lender(world, LenderKeyPair.generate(), timeout=60)
     c.register()

@@ -115,6 +115,23 @@ def test_refused_enterprise_contributes_zero_and_only_its_reason(world, keys, en
     assert np.max(np.abs(block[0] - expected[0])) < 1e-5
 
 
+def test_grants_are_checked_for_the_request_purpose(world, keys, env) -> None:
+    core, _, _ = env
+    known, _ = _known_and_unknown(world)
+    monitoring = [world.grant(u, purpose="monitoring") for u in known[:2]]
+    _, _, refusals = _call(core, world, known[:2], monitoring)  # no purpose: scoring
+    assert refusals == {0: "wrong_purpose", 1: "wrong_purpose"}
+    base = dict(key_id=core_key(core), model_ref=world.model_ref, lender="lender", layout="packed")
+    texts = [g.model_dump_json() for g in monitoring]
+    _, _, refusals = core.contribute(**base, usccs=known[:2], grants=texts, purpose="monitoring")
+    assert refusals == {}
+    scoring = [world.grant(known[2]).model_dump_json()]
+    _, _, refusals = core.contribute(**base, usccs=known[2:3], grants=scoring, purpose="monitoring")
+    assert refusals == {0: "wrong_purpose"}
+    with pytest.raises(InvalidRequest, match="purpose 'training'"):
+        core.contribute(**base, usccs=known[2:3], grants=scoring, purpose="training")
+
+
 def test_columns_layout_sends_one_ciphertext_per_output_dimension(world, keys, env) -> None:
     core, table, _ = env
     known, _ = _known_and_unknown(world)

@@ -32,6 +32,7 @@ from protocols.scoring import (
     evaluate_top,
     grade_for,
     layout_for,
+    scoring_purpose,
     sigmoid,
     validate_subjects,
 )
@@ -162,6 +163,14 @@ def test_validate_subjects_names_index_and_rule() -> None:
         validate_subjects([GOOD, make_uscc("91440300708461136")], ["g", "g"], ScoringLimits(max_subjects=1))
     with pytest.raises(InvalidRequest, match="no enterprise"):
         validate_subjects([], [], ScoringLimits())
+
+
+def test_purpose_defaults_to_scoring_and_allows_monitoring_only() -> None:
+    assert scoring_purpose("") == scoring_purpose(None) == scoring_purpose("scoring") == "scoring"
+    assert scoring_purpose("monitoring") == "monitoring"
+    for other in ("training", "Scoring", "anything"):
+        with pytest.raises(InvalidRequest, match="is not one of scoring, monitoring"):
+            scoring_purpose(other)
 
 
 def test_invalid_uscc_message_does_not_echo_the_code() -> None:
