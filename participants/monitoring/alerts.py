@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 from rich.console import Console
 from rich.table import Table
 
 from participants.monitoring.watchlist import ScoreRecord
 from protocols.consent import UTCDatetime, utc_now
+from protocols.consortium import validate_settings
 from protocols.errors import ConfigError
 from protocols.scoring import GRADE_BANDS
 
@@ -94,12 +95,7 @@ def load_alert_config(path: str | os.PathLike[str]) -> AlertConfig:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    try:
-        return AlertConfig.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise ConfigError(f"{path}: {where}: {first['msg']}") from None
+    return validate_settings(AlertConfig, data, str(path))
 
 
 class SourceReason(BaseModel):

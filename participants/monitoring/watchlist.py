@@ -2,7 +2,8 @@
 
 Why SQLite in the lender's own folder: decrypted scores are the lender's alone (they must never sit
 at the coordinator or a holder), the history must survive restarts without a database server, and
-each write is one transaction. The file is created 0600.
+each write is one transaction. The file is created 0600. Connections and transactions are the
+project's common SQLite recipe (:mod:`protocols._sqlite`: WAL, busy timeout, ``BEGIN IMMEDIATE``).
 
 Each entry carries the enterprise's ``monitoring`` grant: an enterprise is watched only while it
 has authorised this lender to monitor it. The lender checks what it can check locally (terms,
@@ -25,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from crypto.errors import BadSignature, MalformedData
 from crypto.identity import IdentityPublicKey
 from participants.monitoring.errors import GrantRequired, MonitoringError
+from protocols._sqlite import connect, transaction
 from protocols.consent import Grant, Purpose, UTCDatetime, utc_now
 from protocols.feature_schemas import month_index
 from protocols.uscc import USCC, validate_uscc
@@ -145,29 +147,26 @@ class Watchlist:
         self.path = folder / WATCHLIST_FILE
         if not self.path.exists():
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        conn = sqlite3.connect(self.path, timeout=30)
         try:
-            conn.executescript(_SCHEMA)  # runs its own transaction
+            conn = connect(self.path)
+            try:
+                conn.executescript(_SCHEMA)
+            finally:
+                conn.close()
         except sqlite3.Error as exc:
             raise MonitoringError(f"{self.path}: not a watchlist database ({exc})") from None
-        finally:
-            conn.close()
 
     @contextmanager
     def _conn(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE``) on a fresh connection, closed afterwards."""
         try:
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            conn = connect(self.path)
         except sqlite3.Error as exc:
             raise MonitoringError(f"{self.path}: cannot open the watchlist ({exc})") from None
         conn.row_factory = sqlite3.Row
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(conn):
                 yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
         finally:
             conn.close()
 

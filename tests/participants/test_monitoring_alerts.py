@@ -100,8 +100,9 @@ def test_toml_config_is_validated(tmp_path: Path) -> None:
     assert cfg.rules.pd_above == 0.2 and cfg.rules.grade_downgrade == 2 and cfg.webhook.timeout == 3
     bad = tmp_path / "bad.toml"
     bad.write_text("[rules]\npd_above = 1.5\n")
-    with pytest.raises(ConfigError, match="rules.pd_above"):
+    with pytest.raises(ConfigError, match="rules.pd_above") as info:
         load_alert_config(bad)
+    assert str(info.value).startswith(f"{bad}: rules.pd_above: ")  # the consortium's config-error wording
     typo = tmp_path / "typo.toml"
     typo.write_text("[rules]\npd_abve = 0.1\n")
     with pytest.raises(ConfigError, match="pd_abve"):

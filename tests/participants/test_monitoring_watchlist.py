@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sqlite3
 from datetime import timedelta
 from pathlib import Path
 
@@ -12,7 +14,7 @@ from typer.testing import CliRunner
 from crypto.identity import IdentityKey
 from participants.monitoring.alerts import AlertRules, JsonlSink, WebhookConfig, WebhookSink
 from participants.monitoring.cli import app
-from participants.monitoring.errors import GrantRequired
+from participants.monitoring.errors import GrantRequired, MonitoringError
 from participants.monitoring.monitor import run_month
 from participants.monitoring.watchlist import Watchlist
 from tests.participants._monitoring_helpers import NOW, USCC_A, TableScorer, grant, record
@@ -124,3 +126,18 @@ def _now():
     from protocols.consent import utc_now
 
     return utc_now()
+
+
+def test_watchlist_file_is_private_and_in_wal_mode(state) -> None:
+    watchlist = Watchlist(state, "lender")
+    assert len(watchlist) == 0
+    assert os.stat(watchlist.path).st_mode & 0o777 == 0o600
+    assert sqlite3.connect(watchlist.path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_file_that_is_not_a_watchlist_is_a_monitoring_error(tmp_path: Path) -> None:
+    folder = tmp_path / "monitoring"
+    folder.mkdir()
+    (folder / "watchlist.sqlite3").write_bytes(b"not a database" * 512)
+    with pytest.raises(MonitoringError, match="not a watchlist database"):
+        Watchlist(tmp_path, "lender")
