@@ -51,12 +51,12 @@ from __future__ import annotations
 import enum
 import hashlib
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Literal, Union
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from crypto.psi import POINT_BYTES, TAG_BYTES, BlindingKey, TagAgreement, match_tags
 from protocols.errors import DuplicateIdentifier, InvalidUSCC, ProtocolViolation
@@ -75,6 +75,8 @@ __all__ = [
     "prepare_ids",
     "route",
     "parse_message",
+    "encode_messages",
+    "decode_messages",
 ]
 
 INDEX_BYTES = 4
@@ -188,6 +190,38 @@ def parse_message(data: str | bytes | dict[str, object]) -> Blinded | Tags | Sel
     if isinstance(data, dict):
         return _ADAPTER.validate_python(data)
     return _ADAPTER.validate_json(data)
+
+
+def encode_messages(messages: Iterable[Blinded | Tags | Selection]) -> dict[str, str | int | bytes | list[str]]:
+    """Messages as one flat mapping ``"<i>.<field>" -> value`` of names, counts, raw bytes and name lists.
+
+    Fits a transport record of scalars and bytes (a Flower ``ConfigRecord``) without base64 or pickle.
+    """
+    out: dict[str, str | int | bytes | list[str]] = {}
+    for i, msg in enumerate(messages):
+        for key, value in msg.model_dump().items():
+            out[f"{i}.{key}"] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def decode_messages(fields: Mapping[str, object]) -> list[Blinded | Tags | Selection]:
+    """Inverse of :func:`encode_messages`; anything malformed is a :class:`ProtocolViolation` (values never echoed)."""
+    grouped: dict[int, dict[str, object]] = {}
+    for key, value in fields.items():
+        idx, sep, name = str(key).partition(".")
+        if not sep or not idx.isdigit():
+            raise ProtocolViolation(f"PSI record key {str(key)[:40]!r} is not '<index>.<field>'")
+        grouped.setdefault(int(idx), {})[name] = value
+    if sorted(grouped) != list(range(len(grouped))):
+        raise ProtocolViolation("PSI record: message indices are not 0..n-1")
+    out = []
+    for i in range(len(grouped)):
+        try:
+            out.append(parse_message(grouped[i]))
+        except ValidationError as exc:
+            where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
+            raise ProtocolViolation(f"PSI record: message {i} is malformed ({where})") from None
+    return out
 
 
 def route(outgoing: Iterable[Blinded | Tags | Selection]) -> dict[str, list[Blinded | Tags | Selection]]:

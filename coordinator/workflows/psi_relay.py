@@ -1,13 +1,15 @@
 """The coordinator's part in multi-party ECDH-PSI: relay opaque bytes, learn sizes only.
 
-Three Flower rounds (see :mod:`protocols.wire.vertical`): collect every party's
-blinded set; hand the label holder every peer's set and each peer the label holder's set, collect
-tags; hand each side the tags meant for it, collect match sizes. Blinded values are under secret
-per-run scalars and tags under keys from an X25519 agreement between the two parties, so nothing
-the relay holds can be matched or inverted; what it learns is each set's size and each
-intersection's size (documented leakage).
+The protocol is :mod:`protocols.psi` (universe mode: the label holder's rows are the universe);
+this module moves its messages over three Flower rounds (see :mod:`protocols.wire.vertical`) with
+:func:`protocols.psi.route`: collect every party's blinded set; hand each party the messages
+addressed to it and collect tags; hand the tags on and collect match sizes. Blinded values are under
+secret per-run scalars and tags under keys from an X25519 agreement between the two parties, so
+nothing the relay holds can be matched or inverted; what it learns is each set's size and each
+intersection's size (documented leakage). It checks what it can see: who sent a message, whom it
+is for, and that sizes agree.
 
-Pure planning (which bytes go to whom) is separated from messaging so it can be tested alone.
+Pure steps (which messages go to whom, the checks) are separated from messaging so they can be tested alone.
 """
 
 from __future__ import annotations
@@ -19,31 +21,30 @@ from flwr.app import ConfigRecord, RecordDict
 
 from coordinator.strategies import NodeReply
 from protocols.errors import ProtocolViolation
+from protocols.psi import Blinded, Selection, Tags, decode_messages, encode_messages, route
 from protocols.wire import vertical as w
 
 #: ``exchange(plan, message_type) -> replies``: one Flower round (the workflow supplies it).
 Exchange = Callable[[list[tuple[int, RecordDict]], str], list[NodeReply]]
+Message = Blinded | Tags | Selection
 
 
 @dataclass
 class PsiRelayState:
-    """What the relay holds between rounds: node names, roles and opaque bytes."""
+    """What the relay holds between rounds: node names, roles, sizes and the messages in flight."""
 
     names: dict[int, str] = field(default_factory=dict)
     label_holder: str = ""
-    blinded: dict[str, bytes] = field(default_factory=dict)
-    tag_keys: dict[str, bytes] = field(default_factory=dict)
-    tags: dict[str, list[bytes]] = field(default_factory=dict)
     peers: list[str] = field(default_factory=list)
     universe: int = 0
     set_sizes: dict[str, int] = field(default_factory=dict)
     matched: dict[str, int] = field(default_factory=dict)
+    outbox: list[Message] = field(default_factory=list)
     rounds: int = 0
 
     @property
     def node_of(self) -> dict[str, int]:
         return {name: nid for nid, name in self.names.items()}
-
 
 
 def _require_ok(replies: Sequence[NodeReply], step: str) -> None:
@@ -53,23 +54,35 @@ def _require_ok(replies: Sequence[NodeReply], step: str) -> None:
         raise ProtocolViolation(f"PSI {step}: {len(failed)} participant(s) failed ({detail})")
 
 
+def _messages(state: PsiRelayState, reply: NodeReply, step: str, kind: type[Blinded] | type[Tags]) -> list[Message]:
+    """A node's messages: each of ``kind``, sent in its own name, to known parties other than itself."""
+    name = state.names[reply.node_id]
+    content = reply.content
+    assert content is not None
+    msgs = decode_messages(content[w.REC_PSI] if w.REC_PSI in content else {})  # type: ignore[arg-type]
+    for msg in msgs:
+        if not isinstance(msg, kind):
+            raise ProtocolViolation(f"PSI {step}: {name} sent a {type(msg).__name__} message, expected {kind.__name__}")
+        if msg.sender != name:
+            raise ProtocolViolation(f"PSI {step}: {name} sent a message in the name of {msg.sender!r}")
+        strangers = [t for t in msg.to if t not in state.set_sizes or t == name]
+        if strangers:
+            raise ProtocolViolation(f"PSI {step}: {name} addressed a message to {strangers}")
+    return msgs
+
+
 def collect_blinded(state: PsiRelayState, replies: Sequence[NodeReply], expected: Sequence[str] | None) -> None:
-    """Round 1 replies: names, the single label holder, blinded sets and tag keys."""
+    """Round 1 replies: names, the single label holder, one blinded set per party (its size is all we read)."""
     _require_ok(replies, "blind")
     holders = set()
     for r in replies:
-        cfg, payload = r.content[w.REC_CONFIG], r.content[w.REC_PAYLOAD]  # type: ignore[index]
+        cfg = r.content[w.REC_CONFIG]  # type: ignore[index]
         name = str(cfg[w.K_PARTICIPANT])
         if name in state.names.values():
             raise ProtocolViolation(f"two nodes claim to be participant {name!r}")
         state.names[r.node_id] = name
         if str(cfg[w.K_ROLE]) == w.ROLE_LABEL_HOLDER:
             holders.add(name)
-        state.blinded[name] = bytes(payload[w.P_BLINDED])
-        state.tag_keys[name] = bytes(payload[w.P_TAG_KEY])
-        if len(state.blinded[name]) % 32:
-            raise ProtocolViolation(f"PSI blind: {name} sent a blinded set of {len(state.blinded[name])} bytes")
-        state.set_sizes[name] = len(state.blinded[name]) // 32  # what the relay learns: sizes
     if len(holders) != 1:
         raise ProtocolViolation(f"PSI needs exactly one label holder, nodes named {sorted(holders)}")
     state.label_holder = holders.pop()
@@ -78,56 +91,51 @@ def collect_blinded(state: PsiRelayState, replies: Sequence[NodeReply], expected
     state.peers = sorted(n for n in state.names.values() if n != state.label_holder)
     if not state.peers:
         raise ProtocolViolation("vertical training needs at least one participant besides the label holder")
-    state.universe = len(state.blinded[state.label_holder]) // 32
-
-
-def plan_reblind(state: PsiRelayState) -> list[tuple[int, RecordDict]]:
-    lh, node = state.label_holder, state.node_of
-    plan = [(node[lh], RecordDict({
-        w.REC_CONFIG: ConfigRecord({w.K_PEERS: list(state.peers)}),
-        w.REC_PAYLOAD: ConfigRecord({w.P_PEER_BLINDED: [state.blinded[p] for p in state.peers],
-                                     w.P_PEER_TAG_KEYS: [state.tag_keys[p] for p in state.peers]}),
-    }))]
-    for p in state.peers:
-        plan.append((node[p], RecordDict({
-            w.REC_CONFIG: ConfigRecord({w.K_PEERS: [lh]}),
-            w.REC_PAYLOAD: ConfigRecord({w.P_PEER_BLINDED: [state.blinded[lh]], w.P_PEER_TAG_KEYS: [state.tag_keys[lh]]}),
-        })))
-    return plan
+    state.set_sizes = dict.fromkeys(state.names.values(), 0)
+    for r in replies:
+        msgs = _messages(state, r, "blind", Blinded)
+        name = state.names[r.node_id]
+        if len(msgs) != 1:
+            raise ProtocolViolation(f"PSI blind: {name} sent {len(msgs)} blinded sets, expected 1")
+        state.set_sizes[name] = msgs[0].count  # what the relay learns: sizes
+        state.outbox += msgs
+    state.universe = state.set_sizes[state.label_holder]
 
 
 def collect_tags(state: PsiRelayState, replies: Sequence[NodeReply]) -> None:
+    """Round 2 replies: tags are over the recipient's own set, so their count must be that set's size."""
     _require_ok(replies, "reblind")
     for r in replies:
-        name = state.names[r.node_id]
-        tags = [bytes(t) for t in r.content[w.REC_PAYLOAD][w.P_TAGS]]  # type: ignore[index]
-        want = len(state.peers) if name == state.label_holder else 1
-        if len(tags) != want:
-            raise ProtocolViolation(f"PSI reblind: {name} sent {len(tags)} tag sets, expected {want}")
-        state.tags[name] = tags
-    state.blinded.clear()  # no longer needed: hold as little as possible
+        for msg in _messages(state, r, "reblind", Tags):
+            for to in msg.to:
+                if msg.count != state.set_sizes[to]:
+                    raise ProtocolViolation(f"PSI reblind: {msg.sender} sent {msg.count} tags to {to}, "
+                                            f"whose set has {state.set_sizes[to]}")
+            state.outbox.append(msg)
 
 
-def plan_match(state: PsiRelayState) -> list[tuple[int, RecordDict]]:
-    """The label holder's tags for peer i go to peer i; every peer's tags go to the label holder."""
-    lh, node = state.label_holder, state.node_of
-    plan = [(node[lh], RecordDict({
-        w.REC_CONFIG: ConfigRecord({w.K_PEERS: list(state.peers)}),
-        w.REC_PAYLOAD: ConfigRecord({w.P_PEER_TAGS: [state.tags[p][0] for p in state.peers]}),
-    }))]
-    for i, p in enumerate(state.peers):
-        plan.append((node[p], RecordDict({
-            w.REC_CONFIG: ConfigRecord({w.K_PEERS: [lh]}),
-            w.REC_PAYLOAD: ConfigRecord({w.P_PEER_TAGS: [state.tags[lh][i]]}),
-        })))
-    return plan
+def plan_next(state: PsiRelayState) -> list[tuple[int, RecordDict]]:
+    """Route the messages in flight (:func:`protocols.psi.route`); every party must get some."""
+    boxes = route(state.outbox)
+    state.outbox = []
+    idle = sorted(n for n in state.names.values() if n not in boxes)
+    if idle:
+        raise ProtocolViolation(f"PSI: nothing to relay to {', '.join(idle)}")
+    node = state.node_of
+    return [(node[name], RecordDict({w.REC_PSI: ConfigRecord(encode_messages(boxes[name]))}))
+            for name in [state.label_holder, *state.peers]]
 
 
 def collect_matches(state: PsiRelayState, replies: Sequence[NodeReply]) -> None:
     """Sizes only; the label holder's and each peer's view of an intersection must agree."""
     _require_ok(replies, "match")
+    for r in replies:
+        if _messages(state, r, "match", Tags):
+            raise ProtocolViolation(f"PSI match: {state.names[r.node_id]} is not done after three rounds")
     by_name = {state.names[r.node_id]: r.content[w.REC_CONFIG] for r in replies}  # type: ignore[index]
     lh_cfg = by_name[state.label_holder]
+    if int(lh_cfg[w.K_UNIVERSE]) != state.universe:
+        raise ProtocolViolation(f"PSI match: the label holder sees a universe of {lh_cfg[w.K_UNIVERSE]}, not {state.universe}")
     lh_view = dict(zip([str(p) for p in lh_cfg[w.K_PEERS]], [int(m) for m in lh_cfg[w.K_MATCHED_BY_PEER]]))
     for p in state.peers:
         cfg = by_name[p]
@@ -136,7 +144,6 @@ def collect_matches(state: PsiRelayState, replies: Sequence[NodeReply]) -> None:
         if int(cfg[w.K_MATCHED]) != lh_view.get(p):
             raise ProtocolViolation(f"PSI match: {p} matched {cfg[w.K_MATCHED]} rows, the label holder {lh_view.get(p)}")
         state.matched[p] = int(cfg[w.K_MATCHED])
-    state.tags.clear()
 
 
 def run_psi(state: PsiRelayState, nodes: Sequence[int], exchange: Exchange, *, domain_config: Mapping[str, object],
@@ -144,10 +151,10 @@ def run_psi(state: PsiRelayState, nodes: Sequence[int], exchange: Exchange, *, d
     """Drive the three rounds; ``domain_config`` goes to every node in round 1 (e.g. the as-of month)."""
     blind = [(nid, RecordDict({w.REC_CONFIG: ConfigRecord(dict(domain_config))})) for nid in nodes]  # type: ignore[arg-type]
     collect_blinded(state, exchange(blind, w.MSG_PSI_BLIND), expected)
-    collect_tags(state, exchange(plan_reblind(state), w.MSG_PSI_REBLIND))
-    collect_matches(state, exchange(plan_match(state), w.MSG_PSI_MATCH))
+    collect_tags(state, exchange(plan_next(state), w.MSG_PSI_REBLIND))
+    collect_matches(state, exchange(plan_next(state), w.MSG_PSI_MATCH))
     state.rounds = 3
     return state
 
 
-__all__ = ["PsiRelayState", "run_psi", "collect_blinded", "plan_reblind", "collect_tags", "plan_match", "collect_matches"]
+__all__ = ["PsiRelayState", "run_psi", "collect_blinded", "collect_tags", "plan_next", "collect_matches"]

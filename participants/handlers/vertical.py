@@ -3,7 +3,8 @@
 The step arithmetic is :mod:`protocols.vertical`'s (``BottomParty``/``TopParty``); this module adds
 what a real node needs around it: where its data and state live, the keys, and persistence between
 messages (in deployment a fresh ClientApp process serves each message, so everything a later
-message needs is saved in the run folder, as plain arrays and JSON — never pickle).
+message needs is saved in the run folder, as plain arrays and JSON — never pickle; the PSI party,
+which holds the run's PSI secrets, waits in Flower's ``context.state`` instead).
 
 What leaves the node: blinded ids and tags (PSI), public keys in signed envelopes, bottom outputs
 masked under pairwise masks, and at the label holder dZ wrapped to each peer's X25519 key, the top
@@ -38,11 +39,12 @@ from crypto.masking import MaskingKey, MaskingSession
 from models.preprocessing import Preprocessor
 from participants.datasets.frames import participant_frame
 from participants.datastore import LocalDataStore
+from participants.handlers import psi
 from participants.handlers._common import env_binder, locate, long_term_keys
-from participants.handlers.psi import Alignment, PsiParty
 from participants.model_store import LocalModelStore
 from protocols.consortium import ConsortiumConfig, ParticipantConfig
 from protocols.errors import ConfigError, ProtocolViolation
+from protocols.psi import PsiResult
 from protocols.vertical import BottomParty, Schedule, TopParty, VerticalPlan, coverage_metrics
 from protocols.wire.vertical import (
     K_AS_OF,
@@ -70,22 +72,17 @@ from protocols.wire.vertical import (
     MSG_PSI_REBLIND,
     MSG_SETUP,
     MSG_STEP,
-    P_BLINDED,
     P_GRAD,
     P_GRADS,
     P_IDENTITY_KEY,
     P_MASKED,
     P_MASKED_VAL,
-    P_PEER_BLINDED,
-    P_PEER_TAGS,
-    P_PEER_TAG_KEYS,
-    P_TAGS,
-    P_TAG_KEY,
     P_Z,
     P_Z_VAL,
     REC_CONFIG,
     REC_METRICS,
     REC_PAYLOAD,
+    REC_PSI,
     ROLE_LABEL_HOLDER,
     ROLE_PEER,
 )
@@ -399,54 +396,59 @@ def _role(env: NodeEnv) -> str:
     return ROLE_LABEL_HOLDER if env.is_label_holder else ROLE_PEER
 
 
-def _psi(env: NodeEnv) -> PsiParty:
-    return PsiParty(env.run_dir / "psi", env.name, env.label_holder, env.session)
+def _psi_step(content: RecordDict, env: NodeEnv, state: RecordDict, own: Mapping[str, np.ndarray]
+              ) -> tuple[ConfigRecord, PsiResult | None]:
+    """Hand the PSI messages relayed to us to our party (restored from the run state)."""
+    inbox = content[REC_PSI] if REC_PSI in content else ConfigRecord({})
+    return psi.step(state, psi.psi_config(env.consortium, env.run_id), env.name, [str(i) for i in own["ids"]],
+                    inbox)  # type: ignore[arg-type]
 
 
-def handle_psi_blind(content: RecordDict, env: NodeEnv) -> RecordDict:
+def handle_psi_blind(content: RecordDict, env: NodeEnv, state: RecordDict) -> RecordDict:
     """Read our own rows, keep them in the run folder by position, send our ids blinded and shuffled."""
     if env.run_dir.exists():
         shutil.rmtree(env.run_dir)  # a retried run starts clean
     as_of = str(_config(content).get(K_AS_OF, "")) or None
     frame, labels = load_own_data(env, as_of)
-    arrays = {"x": frame.to_numpy(dtype=np.float64)}
+    ids = [str(i) for i in frame.index]
+    out = psi.start(state, psi.psi_config(env.consortium, env.run_id), env.name, ids)
+    arrays = {"x": frame.to_numpy(dtype=np.float64), "ids": np.array(ids, dtype=str)}
     if labels is not None:
         arrays["labels"] = labels.to_numpy(dtype=np.float64)
     _save_npz(env.run_dir / "own.npz", arrays)
     _write_json(env.run_dir / "own.json", {"features": [str(c) for c in frame.columns]})
-    blind = _psi(env).blind([str(i) for i in frame.index])
-    return _reply({K_PARTICIPANT: env.name, K_ROLE: _role(env), K_LABEL_HOLDER: env.label_holder},
-                  {P_BLINDED: blind.blinded, P_TAG_KEY: blind.tag_key})
+    reply = _reply({K_PARTICIPANT: env.name, K_ROLE: _role(env), K_LABEL_HOLDER: env.label_holder})
+    reply[REC_PSI] = out
+    return reply
 
 
-def handle_psi_reblind(content: RecordDict, env: NodeEnv) -> RecordDict:
+def handle_psi_reblind(content: RecordDict, env: NodeEnv, state: RecordDict) -> RecordDict:
     """Re-blind the other side's set(s); tags for the outgoing direction go back."""
-    cfg, payload = _config(content), _payload(content)
-    peers = [str(p) for p in cfg.get(K_PEERS, [])]
-    tags = _psi(env).reblind(peers, list(payload.get(P_PEER_BLINDED, [])), list(payload.get(P_PEER_TAG_KEYS, [])))
-    return _reply({K_PARTICIPANT: env.name}, {P_TAGS: tags})
+    out, _ = _psi_step(content, env, state, _load_npz(env.run_dir / "own.npz", "own data"))
+    reply = _reply({K_PARTICIPANT: env.name})
+    reply[REC_PSI] = out
+    return reply
 
 
-def handle_psi_match(content: RecordDict, env: NodeEnv) -> RecordDict:
+def handle_psi_match(content: RecordDict, env: NodeEnv, state: RecordDict) -> RecordDict:
     """Match, then lay our rows out in universe order (absent rows NaN, marked not present)."""
-    cfg, payload = _config(content), _payload(content)
-    peers = [str(p) for p in cfg.get(K_PEERS, [])]
-    alignment: Alignment = _psi(env).match(peers, list(payload.get(P_PEER_TAGS, [])))
     own = _load_npz(env.run_dir / "own.npz", "own data")
+    _, result = _psi_step(content, env, state, own)
+    if result is None:
+        raise ProtocolViolation(f"{env.name}: PSI not finished after the match round")
     x_own = own["x"]
-    x = np.full((alignment.universe, x_own.shape[1]), np.nan)
-    present = np.zeros(alignment.universe, dtype=bool)
-    x[alignment.universe_pos] = x_own[alignment.own_rows]
-    present[alignment.universe_pos] = True
+    x = np.full((result.size, x_own.shape[1]), np.nan)
+    present = np.zeros(result.size, dtype=bool)
+    x[result.positions] = x_own[result.rows]
+    present[result.positions] = True
     aligned: dict[str, np.ndarray] = {"x": x, "present": present}
-    reply: dict[str, Any] = {K_PARTICIPANT: env.name, K_UNIVERSE: alignment.universe,
-                             K_MATCHED: int(alignment.universe_pos.size)}
+    reply: dict[str, Any] = {K_PARTICIPANT: env.name, K_UNIVERSE: result.size, K_MATCHED: int(result.positions.size)}
     if env.is_label_holder:
-        aligned["labels"] = own["labels"][alignment.own_rows]
-        for peer, mask in alignment.coverage.items():
+        aligned["labels"] = own["labels"][result.rows]
+        for peer, mask in result.present.items():
             aligned[f"coverage.{peer}"] = mask
-        reply[K_PEERS] = list(alignment.coverage)
-        reply[K_MATCHED_BY_PEER] = [int(m.sum()) for m in alignment.coverage.values()]
+        reply[K_PEERS] = list(result.present)
+        reply[K_MATCHED_BY_PEER] = [int(m.sum()) for m in result.present.values()]
     _save_npz(env.run_dir / "aligned.npz", aligned)
     (env.run_dir / "own.npz").unlink()
     return _reply(reply)
@@ -568,11 +570,22 @@ def handle_final(content: RecordDict, env: NodeEnv) -> RecordDict:
 _with_env = env_binder(resolve_env)
 
 
+def _with_env_and_state(fn: Callable[[RecordDict, NodeEnv, RecordDict], RecordDict]) -> Callable[[RecordDict, Context], RecordDict]:
+    """PSI handlers also get ``context.state``, where the PSI party waits between messages."""
+
+    def handler(content: RecordDict, context: Context) -> RecordDict:
+        return _with_env(lambda c, env: fn(c, env, context.state))(content, context)
+
+    handler.__name__ = fn.__name__
+    handler.__doc__ = fn.__doc__
+    return handler
+
+
 #: message type -> ``(content, context) -> reply content``; the ClientApp registers these.
 HANDLERS: dict[str, Callable[[RecordDict, Context], RecordDict]] = {
-    MSG_PSI_BLIND: _with_env(handle_psi_blind),
-    MSG_PSI_REBLIND: _with_env(handle_psi_reblind),
-    MSG_PSI_MATCH: _with_env(handle_psi_match),
+    MSG_PSI_BLIND: _with_env_and_state(handle_psi_blind),
+    MSG_PSI_REBLIND: _with_env_and_state(handle_psi_reblind),
+    MSG_PSI_MATCH: _with_env_and_state(handle_psi_match),
     MSG_SETUP: _with_env(handle_setup),
     MSG_STEP: _with_env(handle_step),
     MSG_FINAL: _with_env(handle_final),

@@ -6,14 +6,12 @@ The one definition both sides use: the coordinator (``coordinator.workflows.vert
 
 One Flower message round per line (deployment rounds cost seconds, so rounds are few and fat)::
 
-    PSI      query.vfl_psi_blind    → all: run domain;          ← own ids blinded (shuffled at the
-                                                                   label holder: its order is the
-                                                                   universe), tag key
-             query.vfl_psi_reblind  → label holder: every peer's blinded set + tag key;
-                                      peer: the label holder's blinded set + tag key;
-                                                                ← tags of the re-blinded set(s)
-             query.vfl_psi_match    → label holder: tags from every peer; peer: tags from the
-                                      label holder;             ← match sizes (counts only)
+    PSI      query.vfl_psi_blind    → all: as-of month;         ← role + protocols.psi messages (the
+                                                                   party's blinded ids, tag key)
+             query.vfl_psi_reblind  → each party: the messages addressed to it (protocols.psi.route);
+                                                                ← its Tags messages
+             query.vfl_psi_match    → each party: the Tags addressed to it;
+                                                                ← match sizes (counts only)
     setup    query.vfl_setup        → all: plan, session id;    ← identity key, signed masking
                                                                    announcement, signed wrap key
     train    train.vfl_step × R+2   → round r; r = 0 also the verified key directory;
@@ -35,8 +33,9 @@ MSG_STEP = "train.vfl_step"
 MSG_FINAL = "evaluate.vfl_final"
 
 REC_CONFIG = "vconfig"  # ConfigRecord: scalars, names, JSON strings of signed envelopes
-REC_PAYLOAD = "vpayload"  # ConfigRecord: opaque bytes (blinded points, tags, masked vectors, wrapped dZ)
+REC_PAYLOAD = "vpayload"  # ConfigRecord: opaque bytes (masked vectors, wrapped dZ, identity keys)
 REC_METRICS = "vmetrics"  # MetricRecord: metrics only, never rows
+REC_PSI = "vpsi"  # ConfigRecord: protocols.psi messages (protocols.psi.encode_messages), opaque bytes
 
 # config keys
 K_PARTICIPANT = "participant"
@@ -62,12 +61,6 @@ K_TOP_SPEC = "top-spec"  # JSON of models.split.TopSpec (label holder, final rou
 K_COVERAGE = "coverage"  # JSON of coverage_metrics (label holder, final round)
 K_STORED = "stored"  # the node saved its bottom under K_VERSION
 # payload keys
-P_BLINDED = "blinded"
-P_TAG_KEY = "tag-key"
-P_PEER_BLINDED = "peer-blinded"  # list, aligned with K_PEERS (label holder) or one element (peer)
-P_PEER_TAG_KEYS = "peer-tag-keys"
-P_TAGS = "tags"  # list aligned with K_PEERS (label holder) or one element (peer)
-P_PEER_TAGS = "peer-tags"
 P_IDENTITY_KEY = "identity-key"
 P_MASKED = "masked"  # MaskedVector bytes of out[r]
 P_MASKED_VAL = "masked-val"  # MaskedVector bytes of the validation outputs

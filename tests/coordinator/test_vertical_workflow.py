@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+from flwr.app import ConfigRecord, RecordDict
 
 import coordinator.workflows.vertical as workflow
 from coordinator.registry import ModelRegistry
@@ -21,9 +22,11 @@ from coordinator.strategies import NodeReply
 from coordinator.workflows import psi_relay
 from crypto.masking import MaskedVector, decode_fixed
 from participants.datasets.ids import synthetic_usccs
+from participants.handlers import psi as psi_handler
 from participants.handlers import vertical as handlers
 from participants.model_store import LocalModelStore
 from protocols.errors import ConfigError, ProtocolViolation
+from protocols.psi import Blinded, Tags, decode_messages, encode_messages
 from protocols.wire import vertical as wire
 
 pytestmark = pytest.mark.timeout(120)
@@ -74,7 +77,7 @@ class Relay:
         self.nodes = {
             100 + i: SimpleNamespace(node_config={"partition-id": i},
                                      run_config={"consortium": str(consortium), "node-state-root": str(node_root)},
-                                     run_id=run_id)
+                                     run_id=run_id, state=RecordDict())
             for i in range(len(names))
         }
         self.sent: list[tuple[str, object]] = []
@@ -157,6 +160,8 @@ def test_split_training_beats_the_label_holder_alone_and_everything_is_recorded(
         assert stored.model.out_dim == 4
         assert not (tmp_path / "nodes" / name / "runs").exists() or not any((tmp_path / "nodes" / name / "runs").rglob("*.npz"))
     assert (tmp_path / "coord" / "runs" / "11" / "vertical-summary.json").exists()
+    # the PSI parties (and their secrets) lived in each node's run state only, and are gone
+    assert all(psi_handler.STATE_KEY not in node.state for node in relay.nodes.values())
 
 
 def test_the_coordinator_sees_no_ids_no_single_output_and_no_gradient(trained) -> None:
@@ -213,24 +218,52 @@ def test_plan_comes_from_shared_keys_and_vertical_plan() -> None:
         workflow.config_from({"vertical-plan": '{"out_dim": 0}'}).plan()
 
 
-def test_psi_relay_refuses_two_label_holders_and_unknown_nodes() -> None:
-    from flwr.app import ConfigRecord, RecordDict
+def _blind_reply(nid: int, name: str, role: str, to: tuple[str, ...], count: int = 2, sender: str | None = None):
+    msg = Blinded(run_id="r", sender=sender or name, to=to, count=count, tag_key=b"\x02" * 32, values=b"\x01" * 32 * count)
+    return NodeReply(nid, f"node-{nid}", RecordDict({
+        wire.REC_CONFIG: ConfigRecord({wire.K_PARTICIPANT: name, wire.K_ROLE: role}),
+        wire.REC_PSI: ConfigRecord(encode_messages([msg])),
+    }))
 
-    def reply(nid, name, role):
-        return NodeReply(nid, name, RecordDict({
-            wire.REC_CONFIG: ConfigRecord({wire.K_PARTICIPANT: name, wire.K_ROLE: role}),
-            wire.REC_PAYLOAD: ConfigRecord({wire.P_BLINDED: b"\x01" * 64, wire.P_TAG_KEY: b"\x02" * 32}),
-        }))
 
+def test_psi_relay_refuses_two_label_holders_unknown_nodes_and_forged_senders() -> None:
+    lh, peer = wire.ROLE_LABEL_HOLDER, wire.ROLE_PEER
     with pytest.raises(ProtocolViolation, match="exactly one label holder"):
-        psi_relay.collect_blinded(psi_relay.PsiRelayState(), [reply(1, "a", wire.ROLE_LABEL_HOLDER),
-                                                              reply(2, "b", wire.ROLE_LABEL_HOLDER)], None)
+        psi_relay.collect_blinded(psi_relay.PsiRelayState(), [_blind_reply(1, "a", lh, ("b",)),
+                                                              _blind_reply(2, "b", lh, ("a",))], None)
     with pytest.raises(ProtocolViolation, match="data holders"):
-        psi_relay.collect_blinded(psi_relay.PsiRelayState(), [reply(1, "a", wire.ROLE_LABEL_HOLDER),
-                                                              reply(2, "b", wire.ROLE_PEER)], ["a", "c"])
+        psi_relay.collect_blinded(psi_relay.PsiRelayState(), [_blind_reply(1, "a", lh, ("b",)),
+                                                              _blind_reply(2, "b", peer, ("a",))], ["a", "c"])
+    with pytest.raises(ProtocolViolation, match="in the name of 'a'"):
+        psi_relay.collect_blinded(psi_relay.PsiRelayState(), [_blind_reply(1, "a", lh, ("b",)),
+                                                              _blind_reply(2, "b", peer, ("a",), sender="a")], None)
+    with pytest.raises(ProtocolViolation, match="addressed a message to"):
+        psi_relay.collect_blinded(psi_relay.PsiRelayState(), [_blind_reply(1, "a", lh, ("b", "mallory")),
+                                                              _blind_reply(2, "b", peer, ("a",))], None)
+
+
+def test_psi_relay_routes_with_protocols_psi_and_checks_sizes() -> None:
+    lh, peer = wire.ROLE_LABEL_HOLDER, wire.ROLE_PEER
     state = psi_relay.PsiRelayState()
-    psi_relay.collect_blinded(state, [reply(1, "a", wire.ROLE_LABEL_HOLDER), reply(2, "b", wire.ROLE_PEER)], None)
-    assert state.set_sizes == {"a": 2, "b": 2} and state.universe == 2
-    plan = psi_relay.plan_reblind(state)
-    assert [nid for nid, _ in plan] == [1, 2]
-    assert list(plan[1][1][wire.REC_PAYLOAD][wire.P_PEER_BLINDED]) == [b"\x01" * 64]
+    psi_relay.collect_blinded(state, [_blind_reply(1, "a", lh, ("b", "c"), count=3), _blind_reply(2, "b", peer, ("a",)),
+                                      _blind_reply(3, "c", peer, ("a",), count=1)], None)
+    assert state.set_sizes == {"a": 3, "b": 2, "c": 1} and state.universe == 3 and state.peers == ["b", "c"]
+    plan = psi_relay.plan_next(state)
+    assert [nid for nid, _ in plan] == [1, 2, 3]
+    inbox = {nid: decode_messages(content[wire.REC_PSI]) for nid, content in plan}
+    assert sorted(m.sender for m in inbox[1]) == ["b", "c"] and [m.sender for m in inbox[2]] == ["a"]
+    assert inbox[2][0].values == b"\x01" * 96  # relayed unchanged
+
+    def tags_reply(nid: int, name: str, to: str, count: int):
+        msg = Tags(run_id="r", sender=name, to=(to,), count=count, tags=b"\x03" * 16 * count)
+        return NodeReply(nid, name, RecordDict({wire.REC_PSI: ConfigRecord(encode_messages([msg]))}))
+
+    with pytest.raises(ProtocolViolation, match="sent 2 tags to a, whose set has 3"):
+        psi_relay.collect_tags(state, [tags_reply(2, "b", "a", 2)])
+    state.outbox = []
+    psi_relay.collect_tags(state, [tags_reply(1, "a", "b", 2), tags_reply(1, "a", "c", 1),
+                                   tags_reply(2, "b", "a", 3), tags_reply(3, "c", "a", 3)])
+    assert [len(decode_messages(c[wire.REC_PSI])) for _, c in psi_relay.plan_next(state)] == [2, 1, 1]
+    with pytest.raises(ProtocolViolation, match="nothing to relay to b, c"):
+        state.outbox = [Tags(run_id="r", sender="b", to=("a",), count=0, tags=b"")]
+        psi_relay.plan_next(state)

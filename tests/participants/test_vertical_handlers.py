@@ -1,17 +1,17 @@
-"""Participant side of vertical training: PSI steps, node resolution, state that survives a fresh process."""
+"""Participant side of vertical training: the PSI adapter, node resolution, state that survives a fresh process."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from flwr.app import ConfigRecord, RecordDict
 
 from participants.datasets.ids import synthetic_usccs
+from participants.handlers import psi
 from participants.handlers import vertical as handlers
-from participants.handlers.psi import PsiParty
-from protocols.errors import ConfigError, DuplicateIdentifier, ProtocolViolation
+from protocols.errors import ConfigError, DuplicateIdentifier, InvalidUSCC, ProtocolViolation
+from protocols.psi import Blinded, PsiConfig, decode_messages, encode_messages, route
 from protocols.vertical import VerticalPlan
 
 pytestmark = pytest.mark.timeout(60)
@@ -19,54 +19,90 @@ pytestmark = pytest.mark.timeout(60)
 IDS = synthetic_usccs("handler-test", range(260))
 
 
-def run_psi(tmp_path: Path, label_ids: list[str], peer_ids: dict[str, list[str]]):
-    lh = PsiParty(tmp_path / "L", "bank", "bank", "dom/1")
-    peers = {n: PsiParty(tmp_path / n, n, "bank", "dom/1") for n in peer_ids}
-    b_lh = lh.blind(label_ids)
-    b_peers = {n: p.blind(peer_ids[n]) for n, p in peers.items()}
-    names = sorted(peers)
-    tags_lh = lh.reblind(names, [b_peers[n].blinded for n in names], [b_peers[n].tag_key for n in names])
-    tags_peer = {n: peers[n].reblind(["bank"], [b_lh.blinded], [b_lh.tag_key])[0] for n in names}
-    a_lh = lh.match(names, [tags_peer[n] for n in names])
-    a_peers = {n: peers[n].match(["bank"], [tags_lh[i]]) for i, n in enumerate(names)}
-    return a_lh, a_peers, (b_lh, b_peers, tags_lh, tags_peer)
+def _config(peers=("tax", "utility"), run: int = 1) -> PsiConfig:
+    return PsiConfig(consortium="c", run_id=f"vertical/run-{run}", label_holder="bank", peers=tuple(peers))
 
 
-def test_psi_aligns_every_party_to_the_label_holders_shuffled_rows(tmp_path) -> None:
+def run_psi(label_ids: list[str], peer_ids: dict[str, list[str]]):
+    """Three Flower rounds through the adapter; each party's only memory is its run-state RecordDict."""
+    config = _config(tuple(sorted(peer_ids)))
+    ids = {"bank": label_ids, **peer_ids}
+    states = {name: RecordDict() for name in ids}
+    records = {name: psi.start(states[name], config, name, ids[name]) for name in ids}
+    seen = list(records.values())
+    results = {}
+    for _ in range(2):
+        boxes = route(m for rec in records.values() for m in decode_messages(rec))
+        records = {}
+        for name, box in boxes.items():
+            records[name], result = psi.step(states[name], config, name, ids[name], ConfigRecord(encode_messages(box)))
+            if result is not None:
+                results[name] = result
+        seen += records.values()
+    assert all(not r for r in records.values())  # three rounds, nothing left to send
+    return results, states, seen
+
+
+def test_psi_aligns_every_party_to_the_label_holders_shuffled_rows(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
     bank, tax, util = IDS[:150], IDS[100:260][::-1], IDS[::3]
-    a_lh, a_peers, _ = run_psi(tmp_path, bank, {"tax": tax, "utility": util})
-    universe = [bank[r] for r in a_lh.own_rows]
-    assert sorted(universe) == sorted(bank) and a_lh.universe == 150
+    results, states, seen = run_psi(bank, {"tax": tax, "utility": util})
+    lh = results["bank"]
+    universe = [bank[r] for r in lh.rows]
+    assert sorted(universe) == sorted(bank) and lh.size == 150
     assert universe != bank  # the universe order is a secret shuffle, not the bank's file order
     for name, own in (("tax", tax), ("utility", util)):
-        a = a_peers[name]
-        assert a.universe == 150
-        assert [own[r] for r in a.own_rows] == [universe[u] for u in a.universe_pos]
-        assert {universe[u] for u in np.flatnonzero(a_lh.coverage[name])} == set(bank) & set(own)
+        r = results[name]
+        assert r.size == 150
+        assert [own[i] for i in r.rows] == [universe[u] for u in r.positions]
+        assert {universe[u] for u in np.flatnonzero(lh.present[name])} == set(bank) & set(own)
+    # the secrets lived in the run state only: nothing on disk, nothing left once done
+    assert not any(tmp_path.iterdir())
+    assert all(psi.STATE_KEY not in s for s in states.values())
+    wire = b"".join(v if isinstance(v, bytes) else str(v).encode() for rec in seen for v in rec.values())
+    assert not any(code.encode() in wire for code in IDS)
 
 
-def test_psi_messages_cannot_be_matched_by_the_relay(tmp_path) -> None:
-    _, _, (b_lh, b_peers, tags_lh, tags_peer) = run_psi(tmp_path, IDS[:120], {"tax": IDS[:120]})
-    # same ids on both sides, yet no blinded value and no tag repeats across the two directions
-    lh_points = {b_lh.blinded[i:i + 32] for i in range(0, len(b_lh.blinded), 32)}
-    tax_points = {b_peers["tax"].blinded[i:i + 32] for i in range(0, len(b_peers["tax"].blinded), 32)}
-    assert not lh_points & tax_points
-    one = {tags_lh[0][i:i + 16] for i in range(0, len(tags_lh[0]), 16)}
-    other = {tags_peer["tax"][i:i + 16] for i in range(0, len(tags_peer["tax"]), 16)}
-    assert len(one) == 120 and not one & other
+def test_psi_state_between_messages_is_the_exported_party_only() -> None:
+    state = RecordDict()
+    psi.start(state, _config(("tax",)), "tax", IDS[:20])
+    assert list(state) == [psi.STATE_KEY]
+    saved = str(state[psi.STATE_KEY]["party"])
+    assert not any(code in saved for code in IDS[:20])  # a digest binds it to the ids; no id is kept
+    with pytest.raises(ProtocolViolation, match="another party or run"):
+        psi.step(state, _config(("tax",), run=2), "tax", IDS[:20], ConfigRecord({}))
+    with pytest.raises(ProtocolViolation, match="another list of ids"):
+        psi.step(state, _config(("tax",)), "tax", IDS[:19], ConfigRecord({}))
 
 
-def test_psi_refuses_bad_input_and_steps_out_of_order(tmp_path) -> None:
-    party = PsiParty(tmp_path / "x", "tax", "bank", "d")
-    with pytest.raises(ProtocolViolation, match="invalid USCC"):
-        party.blind(["not-a-code"])
+def test_psi_refuses_bad_input_and_steps_out_of_order() -> None:
+    bad = IDS[:5] + [IDS[5][:-1] + ("0" if IDS[5][-1] != "0" else "1")]
+    with pytest.raises(InvalidUSCC, match="row 5") as err:
+        psi.start(RecordDict(), _config(), "tax", bad)
+    assert IDS[5][:-1] not in str(err.value)
     with pytest.raises(DuplicateIdentifier):
-        party.blind([IDS[0], IDS[0]])
+        psi.start(RecordDict(), _config(), "tax", [IDS[0], IDS[0]])
+    with pytest.raises(ProtocolViolation, match="no identifiers"):
+        psi.start(RecordDict(), _config(), "tax", [])
     with pytest.raises(ProtocolViolation, match="out of order"):
-        PsiParty(tmp_path / "y", "tax", "bank", "d").reblind(["bank"], [b"\x00" * 32], [b"\x00" * 32])
-    party.blind(IDS[:5])
-    with pytest.raises(ProtocolViolation, match="label holder's set only"):
-        party.reblind(["utility"], [b"\x00" * 32], [b"\x00" * 32])
+        psi.step(RecordDict(), _config(), "tax", IDS[:5], ConfigRecord({}))
+    state = RecordDict()
+    psi.start(state, _config(), "tax", IDS[:5])
+    foreign = Blinded(run_id="vertical/run-1", sender="utility", to=("tax",), count=1, tag_key=bytes(32), values=bytes(32))
+    with pytest.raises(ProtocolViolation, match="unexpected sender"):
+        psi.step(state, _config(), "tax", IDS[:5], ConfigRecord(encode_messages([foreign])))
+    with pytest.raises(ProtocolViolation, match="malformed"):
+        psi.step(state, _config(), "tax", IDS[:5], ConfigRecord({"0.kind": "blinded", "0.count": 1}))
+
+
+def test_psi_config_is_derived_from_the_consortium_and_run(tmp_path) -> None:
+    from tests.coordinator.test_vertical_workflow import write_consortium
+
+    path, _ = write_consortium(tmp_path / "data", n=40)
+    env = handlers.resolve_env({"partition-id": 1}, {"consortium": str(path)}, 5)
+    config = psi.psi_config(env.consortium, env.run_id)
+    assert config.label_holder == "bank" and config.peers == ("tax", "utility") and config.mode == "universe"
+    assert config.domain != psi.psi_config(env.consortium, 6).domain
 
 
 def test_resolve_env_maps_simulation_and_deployment_nodes(tmp_path) -> None:

@@ -17,6 +17,8 @@ from protocols.psi import (
     PsiConfig,
     Selection,
     Tags,
+    decode_messages,
+    encode_messages,
     parse_message,
     prepare_ids,
     route,
@@ -256,3 +258,28 @@ def _fresh_state(cfg: PsiConfig, ids: list[str]) -> PartyState:
     holder = LabelHolder(cfg, ids)
     holder.start()
     return holder.export_state()
+
+
+def test_messages_travel_as_one_flat_record_of_names_counts_and_raw_bytes() -> None:
+    cfg = _config(2, "intersection")
+    x, ys = _sets(2, seed=60, nx=50, ny=40)
+    parties = {"bank": LabelHolder(cfg, x), **{p: Peer(p, cfg, ys[p]) for p in cfg.peers}}
+    out = [m for p in parties.values() for m in p.start()]
+    seen: list = []
+    while not all(p.done for p in parties.values()):
+        fields = encode_messages(out)
+        assert all(isinstance(v, (str, int, bytes)) or (isinstance(v, list) and all(isinstance(t, str) for t in v))
+                   for v in fields.values())
+        back = decode_messages(fields)
+        assert back == out
+        seen += back
+        out = [m for name, box in route(back).items() for m in parties[name].handle(box)]
+    assert {type(m) for m in seen} == {Blinded, Tags, Selection}
+    assert encode_messages([]) == {} and decode_messages({}) == []
+    fields = encode_messages(seen[:1])
+    with pytest.raises(ProtocolViolation, match="malformed"):
+        decode_messages({**fields, "0.values": fields["0.values"][:-1]})
+    with pytest.raises(ProtocolViolation, match="0..n-1"):
+        decode_messages({k.replace("0.", "1.", 1): v for k, v in fields.items()})
+    with pytest.raises(ProtocolViolation, match="not '<index>.<field>'"):
+        decode_messages({"kind": "blinded"})
