@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
@@ -41,6 +41,7 @@ class DemoContext:
     seed: int
     console: Console
     results: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
     timings: list[tuple[str, float, str]] = field(default_factory=list)
     services: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
@@ -148,6 +149,9 @@ def demo(
     out: Path = typer.Option(Path("out/demo"), help="Output folder (rebuilt on every run)."),
     enterprises: int = typer.Option(3000, min=500, help="Synthetic SMEs in the consortium."),
     seed: int = typer.Option(7, help="Seed of the synthetic world and of training."),
+    horizontal_config: Optional[Path] = typer.Option(
+        None, "--horizontal-config", help="Also run horizontal training on this multi-bank consortium TOML."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the stage summary as JSON."),
 ) -> None:
     """Run a whole consortium on this machine: data, PSI, training, consent, encrypted scoring, audit, report."""
@@ -155,7 +159,8 @@ def demo(
     if out.exists():
         shutil.rmtree(out)
     (out / "logs").mkdir(parents=True)
-    ctx = DemoContext(out=out.resolve(), enterprises=enterprises, seed=seed, console=console)
+    ctx = DemoContext(out=out.resolve(), enterprises=enterprises, seed=seed, console=console,
+                      options={"horizontal_config": horizontal_config.resolve() if horizontal_config else None})
     try:
         run_stages(ctx, default_stages())
     except DemoStageFailed as exc:

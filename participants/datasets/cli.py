@@ -12,7 +12,6 @@ from rich.console import Console
 from rich.table import Table
 
 from models.errors import ModelError
-from participants.datasets.baseline import BaselineRow, run_horizontal, run_vertical, split_horizontal
 from participants.datasets.errors import DatasetError
 
 app = typer.Typer(no_args_is_help=True)
@@ -25,8 +24,10 @@ class DatasetName(str, Enum):
     synth = "synth"
 
 
-def baseline_rows(dataset: DatasetName, config: Path | None, seed: int, test_size: float) -> list[BaselineRow]:
+def baseline_rows(dataset: DatasetName, config: Path | None, seed: int, test_size: float) -> list[_baseline.BaselineRow]:
     """Load ``dataset`` and run the matching baseline (pure function behind the command)."""
+    from participants.datasets import baseline as _baseline  # torch and scikit-learn load only here
+
     from protocols.consortium import load_consortium
 
     if dataset is DatasetName.fate_vertical:
@@ -34,7 +35,7 @@ def baseline_rows(dataset: DatasetName, config: Path | None, seed: int, test_siz
 
         path = config or fate.VERTICAL_CONFIG
         frames, labels = fate.load_fate_vertical(path)
-        return run_vertical(dataset.value, frames, labels, load_consortium(path).label_holder.name,
+        return _baseline.run_vertical(dataset.value, frames, labels, load_consortium(path).label_holder.name,
                             test_size=test_size, seed=seed)
     if dataset is DatasetName.fate_horizontal:
         from participants.datasets import fate
@@ -42,20 +43,22 @@ def baseline_rows(dataset: DatasetName, config: Path | None, seed: int, test_siz
         path = config or fate.HORIZONTAL_CONFIG
         frames, labels = fate.load_fate_horizontal(path)
         parts = {name: (frame, labels.loc[frame.index]) for name, frame in frames.items()}
-        return run_horizontal(dataset.value, parts, fate.load_fate_horizontal_test(path), seed=seed)
+        return _baseline.run_horizontal(dataset.value, parts, fate.load_fate_horizontal_test(path), seed=seed)
     if dataset is DatasetName.polish:
         from participants.datasets import polish
 
         path = config or polish.VERTICAL_CONFIG
         frames, labels = polish.load_polish_vertical(path)
-        return run_vertical(dataset.value, frames, labels, load_consortium(path).label_holder.name,
+        return _baseline.run_vertical(dataset.value, frames, labels, load_consortium(path).label_holder.name,
                             test_size=test_size, seed=seed, winsorise=polish.WINSORISE)
     if config is None:
         raise DatasetError("--dataset synth needs --config PATH (a consortium written by `fedscore synth`)")
     return synth_rows(config, seed, test_size)
 
 
-def synth_rows(config: Path, seed: int, test_size: float) -> list[BaselineRow]:
+def synth_rows(config: Path, seed: int, test_size: float) -> list[_baseline.BaselineRow]:
+    from participants.datasets import baseline as _baseline  # torch and scikit-learn load only here
+
     try:
         from participants.datastore import load_consortium_frames
     except ImportError as exc:  # the synthetic data store is a separate module
@@ -66,13 +69,13 @@ def synth_rows(config: Path, seed: int, test_size: float) -> list[BaselineRow]:
     frames, labels = load_consortium_frames(config)
     name = f"synth:{cfg.name}"
     if cfg.mode == "vertical":
-        return run_vertical(name, frames, labels, cfg.label_holder.name, test_size=test_size, seed=seed,
+        return _baseline.run_vertical(name, frames, labels, cfg.label_holder.name, test_size=test_size, seed=seed,
                             winsorise=(0.005, 0.995))
-    parts, test = split_horizontal(frames, labels, test_size, seed)
-    return run_horizontal(name, parts, test, seed=seed, winsorise=(0.005, 0.995))
+    parts, test = _baseline.split_horizontal(frames, labels, test_size, seed)
+    return _baseline.run_horizontal(name, parts, test, seed=seed, winsorise=(0.005, 0.995))
 
 
-def render(rows: list[BaselineRow], console: Console) -> None:
+def render(rows: list[_baseline.BaselineRow], console: Console) -> None:
     """One table per dataset: features x model -> AUC / KS / Gini."""
     for dataset in dict.fromkeys(r.dataset for r in rows):
         subset = [r for r in rows if r.dataset == dataset]
