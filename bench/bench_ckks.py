@@ -17,13 +17,12 @@ Run: ``python -m bench.bench_ckks [--quick] [--json]``.
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from typing import Any, Callable
 
 import numpy as np
 
+from bench._report import bench_parser, report
 from crypto.ckks_keys import AGGREGATION, AggregationKey, EncryptedVector, PublicContext, decrypt, encrypt_vector
 
 SIZES = (10_000, 100_000, 1_000_000)
@@ -118,16 +117,9 @@ def _print_table(rows: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench_ckks", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="skip the 1M-parameter size")
-    parser.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    parser = bench_parser("bench_ckks", __doc__, "skip the 1M-parameter size")
     args = parser.parse_args(argv)
-    rows = run(quick=args.quick)
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        _print_table(rows)
-    return 0
+    return report(run(quick=args.quick), args.json, _print_table)
 
 
 if __name__ == "__main__":

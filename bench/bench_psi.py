@@ -18,13 +18,12 @@ Run: ``python -m bench.bench_psi [--quick] [--json] [--workers W]``.
 
 from __future__ import annotations
 
-import argparse
-import json
 import multiprocessing
 import os
 import time
 from typing import Any
 
+from bench._report import bench_parser, report
 from crypto import _x25519
 from crypto.psi import BlindingKey, TagAgreement, default_workers, has_fast_hashing, match_tags
 
@@ -145,17 +144,10 @@ def _print_table(rows: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench_psi", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="100k ids only")
-    parser.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    parser = bench_parser("bench_psi", __doc__, "100k ids only")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all CPUs)")
     args = parser.parse_args(argv)
-    rows = run(args.quick, workers=args.workers)
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        _print_table(rows)
-    return 0
+    return report(run(args.quick, workers=args.workers), args.json, _print_table)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ Run: ``python -m bench.bench_scoring [--quick] [--json]``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
@@ -35,6 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench._report import bench_parser, report
 from coordinator.registry import ModelRegistry
 from crypto.audit import AuditLog
 from crypto.identity import IdentityKey
@@ -497,17 +497,10 @@ def _print_table(rows: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench_scoring", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats, 8,192-SME batch")
-    parser.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    parser = bench_parser("bench_scoring", __doc__, "fewer repeats, 8,192-SME batch")
     parser.add_argument("--threads", action="store_true", help="responders as threads of this process")
     args = parser.parse_args(argv)
-    rows = run(quick=args.quick, processes=not args.threads)
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        _print_table(rows)
-    return 0
+    return report(run(quick=args.quick, processes=not args.threads), args.json, _print_table)
 
 
 if __name__ == "__main__":
