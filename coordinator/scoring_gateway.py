@@ -32,7 +32,6 @@ from crypto.errors import CryptoError, KeyMismatch
 from models.split import TopSpec
 from protocols._grpc import scoring_pb2 as pb
 from protocols._grpc import scoring_pb2_grpc as pb_grpc
-from protocols.errors import ProtocolError
 from protocols.scoring import (
     DeadlineExceeded,
     InvalidRequest,
@@ -42,6 +41,7 @@ from protocols.scoring import (
     ReplayGuard,
     RequestTooLarge,
     RequiredSourceUnavailable,
+    RunningService,
     ScoringError,
     ScoringLimits,
     ServiceUnavailable,
@@ -55,8 +55,9 @@ from protocols.scoring import (
     grpc_options,
     layout_for,
     peer_name,
+    rpc_errors,
     scoring_purpose,
-    status_name,
+    start_server,
     validate_subjects,
 )
 
@@ -377,11 +378,6 @@ class GatewayCore:
         )
 
 
-def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
-    code = getattr(grpc.StatusCode, status_name(exc))
-    context.abort(code, str(exc) if code != grpc.StatusCode.INTERNAL else "internal error")
-
-
 class GatewayService(pb_grpc.ScoringGatewayServicer):
     """gRPC face of :class:`GatewayCore`: lender identity from its certificate, replay guard."""
 
@@ -398,45 +394,29 @@ class GatewayService(pb_grpc.ScoringGatewayServicer):
         return lender
 
     def RegisterKey(self, request: pb.RegisterKeyRequest, context: grpc.ServicerContext) -> pb.RegisterKeyResponse:
-        try:
+        with rpc_errors(context, "RegisterKey", log):
             lender = self._admit(request.stamp, context)
             ctx = self.core.register_key(lender, request.public_context)
             return pb.RegisterKeyResponse(key_id=ctx.key_id, slot_count=ctx.slot_count, depth=ctx.info.depth)
-        except (ScoringError, ProtocolError, CryptoError) as exc:
-            _abort(context, exc)
-        except Exception:
-            log.exception("RegisterKey failed")
-            _abort(context, RuntimeError())
         raise AssertionError("unreachable")
 
     def Score(self, request: pb.ScoreRequest, context: grpc.ServicerContext) -> pb.ScoreResponse:
-        try:
+        with rpc_errors(context, "Score", log):
             lender = self._admit(request.stamp, context)
             return self.core.score(
                 lender, request.key_id, request.model_ref,
                 [s.uscc for s in request.subjects], [s.grant_json for s in request.subjects],
                 timeout=context.time_remaining(), request_id=request.stamp.request_id, purpose=request.purpose,
             )
-        except (ScoringError, ProtocolError, CryptoError) as exc:
-            _abort(context, exc)
-        except Exception:
-            log.exception("Score failed")
-            _abort(context, RuntimeError())
         raise AssertionError("unreachable")
 
 
 @dataclass
-class RunningGateway:
-    server: grpc.Server
-    port: int
+class RunningGateway(RunningService):
     core: GatewayCore
 
-    def stop(self, grace: float | None = 0.5) -> None:
-        self.server.stop(grace).wait()
+    def close(self) -> None:
         self.core.close()
-
-    def wait(self) -> None:
-        self.server.wait_for_termination()
 
 
 def serve_gateway(
@@ -448,17 +428,11 @@ def serve_gateway(
     interceptors: Sequence[grpc.ServerInterceptor] = (),
 ) -> RunningGateway:
     """Start the gateway on ``address`` with mutual TLS; returns at once (call ``.wait()``)."""
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gateway"),
-        options=grpc_options(core.limits),
-        interceptors=list(interceptors),
-        maximum_concurrent_rpcs=workers * 4,
+    server, port = start_server(
+        "scoring gateway", address, tls, core.limits,
+        lambda server: pb_grpc.add_ScoringGatewayServicer_to_server(GatewayService(core), server),
+        workers=workers, thread_name_prefix="gateway", interceptors=interceptors,
     )
-    pb_grpc.add_ScoringGatewayServicer_to_server(GatewayService(core), server)
-    port = server.add_secure_port(address, tls.server_credentials())
-    if port == 0:
-        raise OSError(f"cannot bind scoring gateway to {address}")
-    server.start()
     return RunningGateway(server, port, core)
 
 

@@ -19,7 +19,6 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -33,21 +32,21 @@ from participants.model_store import LocalModelStore, ModelStoreError
 from protocols._grpc import scoring_pb2 as pb
 from protocols._grpc import scoring_pb2_grpc as pb_grpc
 from protocols.consent import ConsentDecision, Purpose
-from protocols.errors import InvalidUSCC, ProtocolError
+from protocols.errors import InvalidUSCC
 from protocols.scoring import (
     InvalidRequest,
     MutualTls,
     NotAuthorized,
     ReplayGuard,
     RequestTooLarge,
-    ScoringError,
+    RunningService,
     ScoringLimits,
     UnknownKey,
     UnknownModel,
-    grpc_options,
     peer_name,
+    rpc_errors,
     scoring_purpose,
-    status_name,
+    start_server,
 )
 from protocols.uscc import validate_uscc
 
@@ -245,11 +244,6 @@ class ResponderCore:
         return envelopes, table.out_dim, refusals
 
 
-def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
-    code = getattr(grpc.StatusCode, status_name(exc))
-    context.abort(code, str(exc) if code != grpc.StatusCode.INTERNAL else "internal error")
-
-
 class ResponderService(pb_grpc.ScoringResponderServicer):
     """gRPC face of :class:`ResponderCore`: caller authorisation, replay guard, status mapping."""
 
@@ -266,18 +260,13 @@ class ResponderService(pb_grpc.ScoringResponderServicer):
         return caller
 
     def InstallKey(self, request: pb.InstallKeyRequest, context: grpc.ServicerContext) -> pb.InstallKeyResponse:
-        try:
+        with rpc_errors(context, "InstallKey", log):
             self._admit(request.stamp, context)
             return pb.InstallKeyResponse(key_id=self.core.install_key(request.public_context))
-        except (ScoringError, ProtocolError, CryptoError) as exc:
-            _abort(context, exc)
-        except Exception:  # never leak internals (or data) in a status message
-            log.exception("InstallKey failed")
-            _abort(context, RuntimeError())
         raise AssertionError("unreachable")
 
     def Contribute(self, request: pb.ContributeRequest, context: grpc.ServicerContext) -> pb.ContributeResponse:
-        try:
+        with rpc_errors(context, "Contribute", log):
             self._admit(request.stamp, context)
             envelopes, out_dim, refusals = self.core.contribute(
                 key_id=request.key_id,
@@ -289,30 +278,19 @@ class ResponderService(pb_grpc.ScoringResponderServicer):
                 purpose=request.purpose,
             )
             return pb.ContributeResponse(holder=self.core.name, envelopes=envelopes, out_dim=out_dim, refusals=refusals)
-        except (ScoringError, ProtocolError, CryptoError) as exc:
-            _abort(context, exc)
-        except Exception:
-            log.exception("Contribute failed")
-            _abort(context, RuntimeError())
         raise AssertionError("unreachable")
 
 
 @dataclass
-class RunningServer:
+class RunningServer(RunningService):
     """A started gRPC server and the port it bound (0 in the address = pick a free port)."""
 
-    server: grpc.Server
-    port: int
     extra: dict = field(default_factory=dict)
 
-    def stop(self, grace: float | None = 0.5) -> None:
-        self.server.stop(grace).wait()
+    def close(self) -> None:
         core = self.extra.get("core")
         if core is not None:
             core.close()
-
-    def wait(self) -> None:
-        self.server.wait_for_termination()
 
 
 def serve_responder(
@@ -324,14 +302,11 @@ def serve_responder(
     workers: int = 8,
 ) -> RunningServer:
     """Start the responder on ``address`` with mutual TLS; returns at once (call ``.wait()``)."""
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"responder-{core.name}"),
-        options=grpc_options(core.limits),
-        maximum_concurrent_rpcs=workers * 4,
+    server, port = start_server(
+        "scoring responder", address, tls, core.limits,
+        lambda server: pb_grpc.add_ScoringResponderServicer_to_server(
+            ResponderService(core, allowed_callers=allowed_callers), server
+        ),
+        workers=workers, thread_name_prefix=f"responder-{core.name}",
     )
-    pb_grpc.add_ScoringResponderServicer_to_server(ResponderService(core, allowed_callers=allowed_callers), server)
-    port = server.add_secure_port(address, tls.server_credentials())
-    if port == 0:
-        raise OSError(f"cannot bind scoring responder to {address}")
-    server.start()
     return RunningServer(server, port, {"core": core})

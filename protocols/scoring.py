@@ -40,13 +40,15 @@ are refused anyway.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Literal
@@ -541,4 +543,75 @@ def peer_name(context) -> str | None:
     return names[0].decode() if names else None
 
 
-__all__ += ["MutualTls", "grpc_options", "peer_name"]
+def abort_rpc(context, exc: BaseException) -> None:
+    """Abort the call with the status ``exc`` maps to (:func:`status_name`); ``INTERNAL`` carries no detail."""
+    import grpc
+
+    code = getattr(grpc.StatusCode, status_name(exc))
+    context.abort(code, str(exc) if code != grpc.StatusCode.INTERNAL else "internal error")
+
+
+@contextmanager
+def rpc_errors(context, method: str, log: logging.Logger) -> Iterator[None]:
+    """Around a servicer method's body: scoring, protocol and crypto errors leave as their status
+    with their message; anything else is logged here and leaves as a bare ``INTERNAL`` (never leak
+    internals, or data, in a status message)."""
+    try:
+        yield
+    except (ScoringError, ProtocolError, CryptoError) as exc:
+        abort_rpc(context, exc)
+    except Exception:
+        log.exception("%s failed", method)
+        abort_rpc(context, RuntimeError())
+
+
+def start_server(
+    role: str,
+    address: str,
+    tls: MutualTls,
+    limits: ScoringLimits,
+    register: Callable[[object], None],
+    *,
+    workers: int = 8,
+    thread_name_prefix: str = "",
+    interceptors: Sequence[object] = (),
+):
+    """Start a mutual-TLS gRPC server on ``address``: ``register(server)`` adds the servicer; returns
+    ``(server, port)`` once started (port 0 in the address = pick a free one)."""
+    from concurrent import futures
+
+    import grpc
+
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=thread_name_prefix),
+        options=grpc_options(limits),
+        interceptors=list(interceptors),
+        maximum_concurrent_rpcs=workers * 4,
+    )
+    register(server)
+    port = server.add_secure_port(address, tls.server_credentials())
+    if port == 0:
+        raise OSError(f"cannot bind {role} to {address}")
+    server.start()
+    return server, port
+
+
+@dataclass
+class RunningService:
+    """A started gRPC server and the port it bound; :meth:`close` is what a role frees after it stops."""
+
+    server: object
+    port: int
+
+    def close(self) -> None:
+        """Release what the service held once the server has stopped (nothing by default)."""
+
+    def stop(self, grace: float | None = 0.5) -> None:
+        self.server.stop(grace).wait()  # type: ignore[attr-defined]
+        self.close()
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()  # type: ignore[attr-defined]
+
+
+__all__ += ["MutualTls", "grpc_options", "peer_name", "abort_rpc", "rpc_errors", "start_server", "RunningService"]
