@@ -34,7 +34,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from protocols._sqlite import connect as sqlite_connect
-from protocols._sqlite import transaction
+from protocols._sqlite import closing_transaction, create_schema
 from protocols.errors import ProtocolError
 
 __all__ = [
@@ -132,22 +132,13 @@ class ModelRegistry:
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.state_dir / REGISTRY_FILE
-        conn = sqlite_connect(self.path)
-        try:
-            conn.executescript(_SCHEMA)
-        finally:
-            conn.close()
+        create_schema(self.path, _SCHEMA)
 
     @contextmanager
     def _conn(self) -> Iterator[sqlite3.Connection]:
         """A fresh connection per call, inside one write transaction (other processes share the file)."""
-        conn = sqlite_connect(self.path)
-        conn.row_factory = sqlite3.Row
-        try:
-            with transaction(conn):
-                yield conn
-        finally:
-            conn.close()
+        with closing_transaction(sqlite_connect(self.path)) as conn:
+            yield conn
 
     # -- reading ------------------------------------------------------------------------------
     @staticmethod

@@ -45,6 +45,27 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     conn.execute("COMMIT")
 
 
+def create_schema(path: str | Path, schema: str) -> None:
+    """Run ``schema`` (``CREATE ... IF NOT EXISTS`` statements) on a short-lived connection."""
+    conn = connect(path)
+    try:
+        conn.executescript(schema)
+    finally:
+        conn.close()
+
+
+@contextmanager
+def closing_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write :func:`transaction` on a fresh connection that yields ``sqlite3.Row`` rows; the
+    connection is closed afterwards, whatever happens (for stores shared between processes)."""
+    conn.row_factory = sqlite3.Row
+    try:
+        with transaction(conn):
+            yield conn
+    finally:
+        conn.close()
+
+
 class ThreadLocalStore:
     """Base of a store that keeps one connection per thread (``sqlite3`` connections are not
     shareable across threads) and creates its schema on open; writes are fully synchronous."""

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from crypto.errors import BadSignature, MalformedData
 from crypto.identity import IdentityPublicKey
 from participants.monitoring.errors import GrantRequired, MonitoringError
-from protocols._sqlite import connect, transaction
+from protocols._sqlite import closing_transaction, connect, create_schema
 from protocols.consent import Grant, Purpose, UTCDatetime, utc_now
 from protocols.feature_schemas import month_index
 from protocols.uscc import USCC, validate_uscc
@@ -148,11 +148,7 @@ class Watchlist:
         if not self.path.exists():
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         try:
-            conn = connect(self.path)
-            try:
-                conn.executescript(_SCHEMA)
-            finally:
-                conn.close()
+            create_schema(self.path, _SCHEMA)
         except sqlite3.Error as exc:
             raise MonitoringError(f"{self.path}: not a watchlist database ({exc})") from None
 
@@ -163,12 +159,8 @@ class Watchlist:
             conn = connect(self.path)
         except sqlite3.Error as exc:
             raise MonitoringError(f"{self.path}: cannot open the watchlist ({exc})") from None
-        conn.row_factory = sqlite3.Row
-        try:
-            with transaction(conn):
-                yield conn
-        finally:
-            conn.close()
+        with closing_transaction(conn) as tx:
+            yield tx
 
     # -- entries -------------------------------------------------------------------------------
 
