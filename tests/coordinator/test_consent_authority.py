@@ -4,7 +4,7 @@ grants verify at holders; revocations reach the published list; everything is au
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -25,18 +25,7 @@ from protocols.consent import (
 )
 from protocols.errors import ConsentError, NotAuthenticated, UnknownGrant
 from protocols.uscc import make_uscc
-
-T0 = datetime(2025, 3, 1, 8, 0, tzinfo=timezone.utc)
-ENTERPRISE = make_uscc("91350100M000100Y4")
-OTHER = make_uscc("91440300708461136")
-
-
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
+from tests.consent_fixtures import ENTERPRISE, OTHER, T0, Clock, grant_terms
 
 
 @pytest.fixture
@@ -50,12 +39,7 @@ def world(tmp_path: Path):
 
 
 def terms(enterprise: str = ENTERPRISE, **overrides: object) -> GrantTerms:
-    fields: dict[str, object] = dict(
-        enterprise=enterprise, lender="bank-a", purpose="scoring", holders=("tax",),
-        valid_from=T0, valid_until=T0 + timedelta(days=30), max_uses=2,
-    )
-    fields.update(overrides)
-    return GrantTerms(**fields)  # type: ignore[arg-type]
+    return grant_terms(**{"enterprise": enterprise, "holders": ("tax",), "max_uses": 2, **overrides})
 
 
 def events(path: Path) -> list[dict]:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -19,42 +19,20 @@ from participants.consent import ConsentGuard, FileRevocationSource
 from participants.consent_store import HolderStore
 from protocols.consent import (
     Grant,
-    GrantTerms,
     RefusalReason,
     SignedRevocationList,
     new_grant_id,
 )
 from protocols.uscc import make_uscc
+from tests.consent_fixtures import AUTHORITY, ENTERPRISE, OTHER, T0, Clock, grant_terms, sign_grant
 
-T0 = datetime(2025, 3, 1, 8, 0, tzinfo=timezone.utc)
-ENTERPRISE = make_uscc("91350100M000100Y4")
-OTHER = make_uscc("91440300708461136")
-AUTHORITY = IdentityKey.generate()
 NODE = IdentityKey.generate()
 HASH_KEY = b"k" * 32
 ROOT = Path(__file__).resolve().parents[2]
 
 
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
-
-
 def make_grant(**overrides: object) -> Grant:
-    fields: dict[str, object] = dict(
-        enterprise=ENTERPRISE, lender="bank-a", purpose="scoring", holders=("tax", "utility"),
-        valid_from=T0, valid_until=T0 + timedelta(days=30),
-    )
-    fields.update(overrides)
-    return Grant(
-        grant_id=new_grant_id(), terms=GrantTerms(**fields), issued_at=T0, authority=AUTHORITY.fingerprint  # type: ignore[arg-type]
-    ).signed_with(AUTHORITY)
+    return sign_grant(grant_terms(**{"holders": ("tax", "utility"), **overrides}))
 
 
 class ListPublisher:

@@ -24,25 +24,15 @@ from protocols.consent import (
     new_grant_id,
     refusal_reason,
 )
-from protocols.uscc import make_uscc
-
-T0 = datetime(2025, 3, 1, 8, 0, tzinfo=timezone.utc)
-ENTERPRISE = make_uscc("91350100M000100Y4")
-OTHER = make_uscc("91440300708461136")
-AUTHORITY = IdentityKey.generate()
+from tests.consent_fixtures import AUTHORITY, ENTERPRISE, OTHER, T0, grant_terms, sign_grant
 
 
 def terms(**overrides: object) -> GrantTerms:
-    base: dict[str, object] = dict(
-        enterprise=ENTERPRISE, lender="bank-a", purpose="scoring", holders=("tax", "utility"),
-        valid_from=T0, valid_until=T0 + timedelta(days=30), max_uses=3,
-    )
-    base.update(overrides)
-    return GrantTerms(**base)  # type: ignore[arg-type]
+    return grant_terms(**{"holders": ("tax", "utility"), "max_uses": 3, **overrides})
 
 
 def signed_grant(key: IdentityKey = AUTHORITY, **overrides: object) -> Grant:
-    return Grant(grant_id=new_grant_id(), terms=terms(**overrides), issued_at=T0, authority=key.fingerprint).signed_with(key)
+    return sign_grant(terms(**overrides), key)
 
 
 def rev_list(*revoked: str, issued_at: datetime = T0, sequence: int = 1) -> SignedRevocationList:
