@@ -11,6 +11,12 @@ the model was trained for with source dropout) and the response says so. The lab
 *required*: its bottom model is never dropped in training, so without it the score is not the
 model's, and the request fails with UNAVAILABLE. Every outbound call has a deadline derived from the
 caller's, so a request never hangs.
+
+Feature month: the lender's ``as_of`` goes to every holder unchanged. A holder that refuses the month
+(:class:`MonthNotAvailable`) fails the whole request with its message (naming the month and the
+holder): leaving it out would change the score for a reason the lender did not ask for. A holder that
+answers for another month than the one asked is left out as faulty. Each source report carries the
+month its holder used.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from protocols.scoring import (
     DeadlineExceeded,
     InvalidRequest,
     KeyNotUsable,
+    MonthNotAvailable,
     MutualTls,
     NotAuthorized,
     ReplayGuard,
@@ -52,8 +59,10 @@ from protocols.scoring import (
     depth_needed,
     error_from_status,
     evaluate_top,
+    feature_month,
     grpc_options,
     layout_for,
+    month_kwargs,
     peer_name,
     rpc_errors,
     scoring_purpose,
@@ -221,6 +230,7 @@ class _HolderResult:
     detail: str = ""
     vectors: list[EncryptedVector] | None = None
     refusals: dict[int, str] | None = None
+    as_of: str = ""
 
 
 class GatewayCore:
@@ -292,6 +302,9 @@ class GatewayCore:
             except UnknownKey:  # the responder restarted and forgot the key: install and retry once
                 self.transport.install_key(holder, ctx.to_bytes(), remaining())
                 reply = self.transport.contribute(holder, request, remaining())
+            if request.as_of and reply.as_of != request.as_of:
+                return _HolderResult(holder, SourceStatus.ERROR,
+                                     f"answered for month {reply.as_of or '(none)'}, asked {request.as_of}")
             if len(reply.envelopes) != expect:
                 return _HolderResult(holder, SourceStatus.ERROR, f"sent {len(reply.envelopes)} ciphertexts, expected {expect}")
             try:
@@ -301,7 +314,10 @@ class GatewayCore:
             except CryptoError as exc:
                 return _HolderResult(holder, SourceStatus.ERROR, f"malformed ciphertext: {exc}")
             refusals = {int(i): str(r) for i, r in reply.refusals.items() if 0 <= int(i) < n}
-            return _HolderResult(holder, SourceStatus.CONTRIBUTED, vectors=vectors, refusals=refusals)
+            return _HolderResult(holder, SourceStatus.CONTRIBUTED, vectors=vectors, refusals=refusals,
+                                 as_of=reply.as_of)
+        except MonthNotAvailable:
+            raise  # the request's month, not this holder, is at fault: score() fails the request
         except DeadlineExceeded:
             return _HolderResult(holder, SourceStatus.TIMEOUT, "no answer before the deadline")
         except ServiceUnavailable:
@@ -320,15 +336,18 @@ class GatewayCore:
         timeout: float | None = None,
         request_id: str = "",
         purpose: str = "scoring",
+        as_of: str = "",
     ) -> pb.ScoreResponse:
         """Fan out, evaluate, return the encrypted shares (raises a :class:`ScoringError`).
-        ``purpose`` (``scoring`` or ``monitoring``) goes to every holder's consent check."""
+        ``purpose`` (``scoring`` or ``monitoring``) goes to every holder's consent check; ``as_of``
+        (``YYYY-MM``, ``""`` = each holder's default) is the feature month every holder must use."""
         start = time.monotonic()
         deadline = start + (timeout if timeout is not None else self.limits.default_deadline_s) - 0.02
         if len(grants) != len(usccs):
             raise InvalidRequest("every subject needs a grant")
         codes = validate_subjects(usccs, grants, self.limits)
         purpose = scoring_purpose(purpose)
+        month = feature_month(as_of)
         ctx = self.keys.get(lender, key_id)
         ref = model_ref or self.default_model
         spec = self.top(ref)
@@ -346,15 +365,20 @@ class GatewayCore:
             s = Stamp.new()
             request = pb.ContributeRequest(
                 stamp=pb.Stamp(request_id=s.request_id, issued_at_ms=s.issued_at_ms), key_id=ctx.key_id,
-                model_ref=ref, lender=lender, layout=layout, subjects=subjects, purpose=purpose,
+                model_ref=ref, lender=lender, layout=layout, subjects=subjects, purpose=purpose, as_of=month,
             )
             calls.append(self._pool.submit(self._ask, holder, ctx, request, deadline, expect, n))
         results: list[_HolderResult] = []
+        refused: list[str] = []
         for holder, call in zip(self.holders, calls):
             try:
                 results.append(call.result(timeout=max(deadline - time.monotonic(), 0.0) + 0.05))
             except futures.TimeoutError:
                 results.append(_HolderResult(holder, SourceStatus.TIMEOUT, "no answer before the deadline"))
+            except MonthNotAvailable as exc:
+                refused.append(str(exc))
+        if refused:
+            raise MonthNotAvailable("; ".join(refused))
         for r in results:
             if r.holder.required and r.status is not SourceStatus.CONTRIBUTED:
                 raise RequiredSourceUnavailable(f"required holder {r.holder.name} is {r.status.value}: {r.detail}")
@@ -368,7 +392,7 @@ class GatewayCore:
         shares = evaluate_top(spec, [r.vectors for r in contributed], n)  # type: ignore[misc]
         sources = [
             pb.SourceReport(holder=r.holder.name, status=r.status.value, required=r.holder.required,
-                            detail=r.detail, refusals=r.refusals or {})
+                            detail=r.detail, refusals=r.refusals or {}, as_of=r.as_of)
             for r in results
         ]
         return pb.ScoreResponse(
@@ -407,6 +431,7 @@ class GatewayService(pb_grpc.ScoringGatewayServicer):
                 lender, request.key_id, request.model_ref,
                 [s.uscc for s in request.subjects], [s.grant_json for s in request.subjects],
                 timeout=context.time_remaining(), request_id=request.stamp.request_id, purpose=request.purpose,
+                **month_kwargs(request.as_of),
             )
         raise AssertionError("unreachable")
 

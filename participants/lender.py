@@ -10,6 +10,7 @@ Recipe::
     result.pd, result.score, result.grade, result.sources
 
     results = client.score_batch(pairs)                      # thousands: split into slot-sized requests
+    client.score(usccs, grants, as_of="2025-03")             # features as of a month; result.as_of says so
 
 The transport is an interface (:class:`GatewayTransport`): tests and tools can swap the gRPC one for
 anything that returns the same messages. Errors are :class:`protocols.scoring.ScoringError`
@@ -34,6 +35,7 @@ from protocols.consent import Grant
 from protocols.scoring import (
     DeadlineExceeded,
     InvalidRequest,
+    MonthMismatch,
     MutualTls,
     ScoreResult,
     ScoreScale,
@@ -43,6 +45,7 @@ from protocols.scoring import (
     Stamp,
     combine_shares,
     error_from_status,
+    feature_month,
     grade_for,
     grpc_options,
     scoring_purpose,
@@ -94,12 +97,21 @@ def _stamp() -> pb.Stamp:
 
 
 def results_from_response(
-    keys: LenderKeyPair, response: pb.ScoreResponse, usccs: Sequence[str], scale: ScoreScale
+    keys: LenderKeyPair, response: pb.ScoreResponse, usccs: Sequence[str], scale: ScoreScale, *, as_of: str = ""
 ) -> list[ScoreResult]:
-    """Decrypt the shares and map each logit to PD, score, grade and contributing sources."""
+    """Decrypt the shares and map each logit to PD, score, grade, contributing sources and the
+    feature month each source used. ``as_of``: the month asked; a holder whose contribution is in
+    the response but reports another month raises :class:`MonthMismatch` (nothing is returned)."""
     n = len(usccs)
     if response.count != n:
         raise InvalidRequest(f"gateway answered for {response.count} enterprises, asked {n}")
+    months = {src.holder: src.as_of for src in response.sources if src.status == SourceStatus.CONTRIBUTED.value}
+    wrong = {h: m for h, m in months.items() if as_of and m != as_of}
+    if wrong:
+        raise MonthMismatch(f"asked for features as of {as_of}, but " + ", ".join(
+            f"{h} used {m or 'no month'}" for h, m in sorted(wrong.items())))
+    used = set(months.values())
+    month = used.pop() if len(used) == 1 else ""
     logits = combine_shares(keys, [(s.envelope, s.blocks, s.sign) for s in response.shares], n)
     pds = sigmoid(logits)
     unscored = set(response.unscored)
@@ -114,13 +126,14 @@ def results_from_response(
             else:
                 sources.append(src.holder)
         if i in unscored:
-            out.append(ScoreResult(uscc=code, scored=False, sources=(), missing=missing, model_ref=response.model_ref))
+            out.append(ScoreResult(uscc=code, scored=False, sources=(), missing=missing, model_ref=response.model_ref,
+                                   as_of=month, months=months))
             continue
         p = float(pds[i])
         out.append(
             ScoreResult(
                 uscc=code, scored=True, pd=p, logit=float(logits[i]), score=scale.score(p), grade=grade_for(p),
-                sources=tuple(sources), missing=missing, model_ref=response.model_ref,
+                sources=tuple(sources), missing=missing, model_ref=response.model_ref, as_of=month, months=months,
             )
         )
     return out
@@ -168,32 +181,39 @@ class LenderClient:
         return reply.key_id
 
     def score(
-        self, usccs: Sequence[str], grants: Sequence[str | Grant], *, purpose: str = "scoring"
+        self, usccs: Sequence[str], grants: Sequence[str | Grant], *, purpose: str = "scoring",
+        as_of: str | None = None,
     ) -> list[ScoreResult]:
         """One request (at most ``limits.max_subjects`` enterprises), results in input order.
         ``purpose``: what the grants authorise, ``scoring`` or ``monitoring`` (a watchlist's monthly
-        scores); every holder refuses a grant issued for another purpose."""
+        scores); every holder refuses a grant issued for another purpose. ``as_of``: the feature
+        month (``YYYY-MM``) every holder must score with (default: each holder's default month);
+        a holder that cannot serve it fails the request (``MonthNotAvailable``), one that answers
+        for another month raises ``MonthMismatch``. Each result's ``as_of``/``months`` say what was used."""
         if len(usccs) != len(grants):
             raise InvalidRequest(f"{len(usccs)} enterprises but {len(grants)} grants")
         purpose = scoring_purpose(purpose)
+        month = feature_month(as_of)
         texts = [g.model_dump_json() if isinstance(g, Grant) else str(g) for g in grants]
         request = pb.ScoreRequest(
-            stamp=_stamp(), key_id=self.keys.key_id, model_ref=self.model_ref, purpose=purpose,
+            stamp=_stamp(), key_id=self.keys.key_id, model_ref=self.model_ref, purpose=purpose, as_of=month,
             subjects=[pb.Subject(uscc=u, grant_json=g) for u, g in zip(usccs, texts)],
         )
         response = self.transport.score(request, self.timeout + len(usccs) * self.limits.per_subject_timeout_s)
-        return results_from_response(self.keys, response, [s.uscc for s in request.subjects], self.scale)
+        return results_from_response(self.keys, response, [s.uscc for s in request.subjects], self.scale, as_of=month)
 
     def score_batch(
         self, pairs: Sequence[tuple[str, str | Grant]], *, chunk: int | None = None, parallel: int = 2,
-        purpose: str = "scoring",
+        purpose: str = "scoring", as_of: str | None = None,
     ) -> list[ScoreResult]:
         """Many enterprises: slot-sized requests, ``parallel`` in flight, results in input order."""
         purpose = scoring_purpose(purpose)
+        month = feature_month(as_of)
         size = min(chunk or self.limits.max_subjects, self.limits.max_subjects)
         chunks = [pairs[i:i + size] for i in range(0, len(pairs), size)]
         with futures.ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-            parts = pool.map(lambda c: self.score([u for u, _ in c], [g for _, g in c], purpose=purpose), chunks)
+            parts = pool.map(
+                lambda c: self.score([u for u, _ in c], [g for _, g in c], purpose=purpose, as_of=month), chunks)
             return [r for part in parts for r in part]
 
 

@@ -2,7 +2,8 @@
 
 The lender's secret key never leaves its file (0600); ``register`` uploads only the public context.
 ``score`` prints PD, score (300–900, 600 points at 50:1 odds, 40 points to double the odds), grade
-(A <1%, B <3%, C <7%, D <15%, E ≥15% PD) and the holders whose data is in each score.
+(A <1%, B <3%, C <7%, D <15%, E ≥15% PD), the holders whose data is in each score and the feature
+month they used (``--as-of`` asks for one; default: each holder's default month).
 """
 
 from __future__ import annotations
@@ -76,12 +77,15 @@ def score(
     name: str = _NAME,
     model: str = typer.Option("", "--model", help="Model reference name:vN (default: the gateway's)."),
     timeout: float = typer.Option(60.0, "--timeout", min=0.1, help="Seconds per request."),
+    as_of: str = typer.Option("", "--as-of", help="Feature month YYYY-MM every holder must use "
+                                                  "(default: each holder's default month)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per enterprise."),
 ) -> None:
     """Score enterprises; only this lender's key decrypts the result."""
     from participants.lender import load_grants, read_batch
-    from protocols.scoring import InvalidRequest
+    from protocols.scoring import InvalidRequest, feature_month
 
+    month = feature_month(as_of)
     grants = load_grants(grant)
     if batch is not None:
         pairs = read_batch(batch, grants)
@@ -97,19 +101,20 @@ def score(
                 raise InvalidRequest(f"no grant for {norm} among the --grant files")
             pairs.append((norm, grants[norm]))
     client = _client(key, gateway, pki, name, model, timeout)
-    results = client.score_batch(pairs) if len(pairs) > client.limits.max_subjects else client.score(
-        [u for u, _ in pairs], [g for _, g in pairs])
+    results = client.score_batch(pairs, as_of=month) if len(pairs) > client.limits.max_subjects else client.score(
+        [u for u, _ in pairs], [g for _, g in pairs], as_of=month)
     if as_json:
         for r in results:
             print(r.model_dump_json())
         return
-    table = Table("uscc", "PD", "score", "grade", "sources", "missing")
+    table = Table("uscc", "PD", "score", "grade", "as of", "sources", "missing")
     for r in results:
         missing = ", ".join(f"{h}: {why}" for h, why in r.missing.items())
+        used = r.as_of or ", ".join(f"{h} {m or '-'}" for h, m in r.months.items())
         if r.scored:
-            table.add_row(r.uscc, f"{r.pd:.4f}", str(r.score), r.grade, ", ".join(r.sources), missing)
+            table.add_row(r.uscc, f"{r.pd:.4f}", str(r.score), r.grade, used, ", ".join(r.sources), missing)
         else:
-            table.add_row(r.uscc, "-", "-", "-", "", missing)
+            table.add_row(r.uscc, "-", "-", "-", used, "", missing)
     Console(highlight=False, width=160).print(table)
 
 
@@ -123,7 +128,9 @@ def serve_responder_cmd(
     authority_key: Path = typer.Option(..., "--authority-key", help="Consent authority public key (authority.pub)."),
     revocations: Path = typer.Option(..., "--revocations", help="Signed revocation list the authority publishes."),
     address: Optional[str] = typer.Option(None, "--address", help="Listen address (default: scoring_address)."),
-    as_of: Optional[str] = typer.Option(None, "--as-of", help="Feature month YYYY-MM (default: consortium as_of)."),
+    as_of: Optional[str] = typer.Option(None, "--as-of", help="Default feature month YYYY-MM, for requests naming "
+                                                              "none (default: consortium as_of, else the data's last month)."),
+    cache_months: int = typer.Option(3, "--cache-months", min=0, help="Other months' embeddings kept besides the default."),
     gateway_name: str = typer.Option("scoring-gateway", "--gateway-name", help="Certificate name allowed to call."),
     max_list_age: float = typer.Option(60.0, "--max-list-age", help="Seconds a revocation list stays usable."),
 ) -> None:
@@ -134,10 +141,10 @@ def serve_responder_cmd(
     from participants.consent_store import HolderStore
     from participants.datastore import LocalDataStore
     from participants.model_store import LocalModelStore
-    from participants.scoring_responder import EmbeddingTable, ResponderCore, serve_responder
+    from participants.scoring_responder import MonthlyEmbeddings, ResponderCore, serve_responder
     from protocols.consent import create_pseudonym_key, load_pseudonym_key
     from protocols.consortium import load_consortium
-    from protocols.scoring import MutualTls, ScoringLimits
+    from protocols.scoring import MutualTls, ScoringLimits, feature_month
 
     cfg = load_consortium(consortium)
     part = next((p for p in cfg.participants if p.name == participant), None)
@@ -159,14 +166,18 @@ def serve_responder_cmd(
         source=FileRevocationSource(revocations), audit=AuditLog(consent_dir / "audit.jsonl", IdentityKey.load(node_key_file)),
         hash_key=hash_key, max_list_age=timedelta(seconds=max_list_age),
     )
-    features = LocalDataStore(part, default_as_of=cfg.as_of).features(as_of)
-    store = LocalModelStore(state / "models")
-    tables = {ref: EmbeddingTable.build(store, ref, features) for ref in (r.strip() for r in model.split(",")) if ref}
-    core = ResponderCore(participant, tables, guard, limits=ScoringLimits())
+    refs = [ref for ref in (r.strip() for r in model.split(",")) if ref]
+    data = LocalDataStore(part, default_as_of=feature_month(as_of) or cfg.as_of)
+    embeddings = MonthlyEmbeddings(LocalModelStore(state / "models"), data, refs=refs, max_months=cache_months)
+    core = ResponderCore(participant, embeddings, guard, limits=ScoringLimits())
+    tables = [core.model(ref) for ref in refs]  # the default month, now: a bad model or month fails here
     running = serve_responder(core, listen, MutualTls.from_pki(pki, participant), allowed_callers=(gateway_name,))
+    span = embeddings.span()
     Console(highlight=False, stderr=True).print(
         f"responder {participant} listening on {listen.rsplit(':', 1)[0]}:{running.port} "
-        f"({len(features)} enterprises, models {', '.join(tables)})"
+        f"({len(tables[0].index) if tables else 0} enterprises as of {embeddings.default_month or 'its only frame'}"
+        + (f", months {span[0]}..{span[1]} on request" if span else "")
+        + f", models {', '.join(refs)})"
     )
     _ready(running.port)
     try:

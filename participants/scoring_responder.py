@@ -8,9 +8,14 @@ does not know, so the reply has the same shape and cost either way and says noth
 the holder knows the enterprise. Only consent refusal reasons travel in clear; they depend only on
 the grant and the request.
 
-Bottom outputs are computed once per model at start-up (``EmbeddingTable``): a request then costs
-a dictionary lookup and the encryption. Only the gateway (certificate common name
-``scoring-gateway`` by default) may call; every request carries a fresh stamp (replay guard).
+Bottom outputs are computed per (model, feature month) on first use and cached
+(``EmbeddingTable``; :class:`MonthlyEmbeddings` keeps the default month and the few most recently
+asked others): a request then costs a dictionary lookup and the encryption. A request names the
+feature month (``as_of``, ``""`` = this holder's default); the reply says which month was used, and
+a month this holder cannot serve (beyond or before its data, malformed, or any month but the
+default for data without months) is refused with :class:`protocols.scoring.MonthNotAvailable`.
+Only the gateway (certificate common name ``scoring-gateway`` by default) may call; every request
+carries a fresh stamp (replay guard).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -28,13 +34,17 @@ import pandas as pd
 
 from crypto.ckks_keys import PublicContext, encrypt_columns, encrypt_vector
 from crypto.errors import CryptoError
+from participants.datastore import LocalDataStore
+from participants.features.build import MONTH_IDX
 from participants.model_store import LocalModelStore, ModelStoreError
 from protocols._grpc import scoring_pb2 as pb
 from protocols._grpc import scoring_pb2_grpc as pb_grpc
 from protocols.consent import ConsentDecision, Purpose
 from protocols.errors import InvalidUSCC
+from protocols.feature_schemas import month_index, month_str
 from protocols.scoring import (
     InvalidRequest,
+    MonthNotAvailable,
     MutualTls,
     NotAuthorized,
     ReplayGuard,
@@ -43,6 +53,8 @@ from protocols.scoring import (
     ScoringLimits,
     UnknownKey,
     UnknownModel,
+    feature_month,
+    month_kwargs,
     peer_name,
     rpc_errors,
     scoring_purpose,
@@ -50,7 +62,10 @@ from protocols.scoring import (
 )
 from protocols.uscc import validate_uscc
 
-__all__ = ["ConsentChecker", "EmbeddingTable", "ZeroPool", "ResponderCore", "ResponderService", "serve_responder", "RunningServer"]
+__all__ = [
+    "ConsentChecker", "EmbeddingTable", "EmbeddingSource", "FixedEmbeddings", "MonthlyEmbeddings", "ZeroPool",
+    "ResponderCore", "ResponderService", "serve_responder", "RunningServer",
+]
 
 log = logging.getLogger(__name__)
 
@@ -68,21 +83,23 @@ class ConsentChecker(Protocol):
 
 @dataclass(frozen=True)
 class EmbeddingTable:
-    """Bottom outputs of every enterprise this holder knows, for one model version."""
+    """Bottom outputs of every enterprise this holder knows, for one model version and the features
+    as of one month (``as_of``; ``""`` when unknown or the data has no months)."""
 
     ref: str
     index: Mapping[str, int]
     matrix: np.ndarray  # rows × out_dim
+    as_of: str = ""
 
     @property
     def out_dim(self) -> int:
         return int(self.matrix.shape[1])
 
     @classmethod
-    def build(cls, store: LocalModelStore, ref: str, features: pd.DataFrame) -> "EmbeddingTable":
+    def build(cls, store: LocalModelStore, ref: str, features: pd.DataFrame, *, as_of: str = "") -> "EmbeddingTable":
         bottom = store.load_bottom(ref)
         matrix = bottom.embed(features) if len(features) else np.zeros((0, bottom.model.out_dim))
-        return cls(ref, {str(u): i for i, u in enumerate(features.index)}, np.asarray(matrix, dtype=np.float64))
+        return cls(ref, {str(u): i for i, u in enumerate(features.index)}, np.asarray(matrix, dtype=np.float64), as_of)
 
     def lookup(self, usccs: Sequence[str], allowed: Sequence[bool]) -> np.ndarray:
         out = np.zeros((len(usccs), self.out_dim), dtype=np.float64)
@@ -91,6 +108,120 @@ class EmbeddingTable:
             if row is not None:
                 out[i] = self.matrix[row]
         return out
+
+
+class EmbeddingSource:
+    """Where a responder's bottom outputs come from. ``default_month`` serves requests naming no
+    month; ``span()`` is the (first, last) month the data covers, or None when only the default can
+    be served (``one_frame`` says why). :meth:`table` is asked only for months
+    :meth:`ResponderCore.month` accepted; an unknown model raises ``KeyError`` or :class:`ModelStoreError`."""
+
+    default_month: str = ""
+    one_frame: str = "it holds one precomputed frame of features"
+
+    def span(self) -> tuple[str, str] | None:
+        return None
+
+    def table(self, ref: str, month: str) -> EmbeddingTable:
+        raise NotImplementedError
+
+
+class FixedEmbeddings(EmbeddingSource):
+    """Tables computed elsewhere for one month (``as_of``, ``""`` when unknown): by model reference,
+    or a callable loading one on first use."""
+
+    def __init__(self, models: Mapping[str, EmbeddingTable] | Callable[[str], EmbeddingTable], as_of: str = "") -> None:
+        self._models = models
+        self._cache: dict[str, EmbeddingTable] = {}
+        if not as_of and isinstance(models, Mapping):
+            months = {t.as_of for t in models.values()}
+            as_of = months.pop() if len(months) == 1 else ""
+        self.default_month = as_of
+
+    def table(self, ref: str, month: str) -> EmbeddingTable:
+        table = self._cache.get(ref)
+        if table is None:
+            table = self._cache[ref] = self._models[ref] if isinstance(self._models, Mapping) else self._models(ref)
+        return table
+
+
+class MonthlyEmbeddings(EmbeddingSource):
+    """Bottom outputs per (model, month) from the holder's own data, computed on first use.
+
+    The default month (the data store's ``default_as_of``, else its latest month) is kept for good;
+    of the other months, the ``max_months`` most recently asked are kept (tables of every model of
+    an evicted month go together). Thread-safe: concurrent first requests for the same (model, month)
+    compute it once, and a request for a cached month never waits for another month being built.
+    Data without months (``custom`` schemas) has one frame, served as the default month only.
+    """
+
+    def __init__(self, bottoms: LocalModelStore, data: LocalDataStore, *, refs: Sequence[str] | None = None,
+                 max_months: int = 3) -> None:
+        if max_months < 0:
+            raise ValueError("max_months must be >= 0")
+        self._bottoms = bottoms
+        self._data = data
+        self.refs = frozenset(refs) if refs is not None else None
+        self.max_months = max_months
+        if data.schema.kind == "custom":
+            self.one_frame = "its data has no months (custom schema)"
+            self._span: tuple[str, str] | None = None
+            self.default_month = data.default_as_of or ""
+        else:
+            latest = data.latest_month()  # DataError when the holder has no records
+            assert latest is not None
+            self._span = (month_str(int(data.records[MONTH_IDX].min())), latest)
+            self.default_month = data.default_as_of or latest
+        self._tables: OrderedDict[tuple[str, str], EmbeddingTable] = OrderedDict()
+        self._pending: dict[tuple[str, str], Future] = {}
+        self._lock = threading.Lock()
+
+    def span(self) -> tuple[str, str] | None:
+        return self._span
+
+    def cached(self) -> list[tuple[str, str]]:
+        """(month, model) pairs held, least recently used first."""
+        with self._lock:
+            return list(self._tables)
+
+    def table(self, ref: str, month: str) -> EmbeddingTable:
+        key = (month, ref)
+        with self._lock:
+            table = self._tables.get(key)
+            if table is not None:
+                self._tables.move_to_end(key)
+                return table
+            pending = self._pending.get(key)
+            owner = pending is None
+            if owner:
+                pending = self._pending[key] = Future()
+        if not owner:
+            return pending.result()
+        try:
+            table = self._build(ref, month)
+        except BaseException as exc:
+            with self._lock:
+                del self._pending[key]
+            pending.set_exception(exc)
+            raise
+        with self._lock:
+            self._tables[key] = table
+            del self._pending[key]
+            self._evict()
+        pending.set_result(table)
+        return table
+
+    def _build(self, ref: str, month: str) -> EmbeddingTable:
+        if self.refs is not None and ref not in self.refs:
+            raise KeyError(ref)
+        features = self._data.features(month if self._span is not None else None)
+        return EmbeddingTable.build(self._bottoms, ref, features, as_of=month)
+
+    def _evict(self) -> None:
+        others = list(dict.fromkeys(m for m, _ in self._tables if m != self.default_month))  # LRU first
+        for month in others[: max(0, len(others) - self.max_months)]:
+            for key in [k for k in self._tables if k[0] == month]:
+                del self._tables[key]
 
 
 class ZeroPool:
@@ -151,7 +282,7 @@ class ResponderCore:
     def __init__(
         self,
         name: str,
-        models: Mapping[str, EmbeddingTable] | Callable[[str], EmbeddingTable],
+        models: EmbeddingSource | Mapping[str, EmbeddingTable] | Callable[[str], EmbeddingTable],
         consent: ConsentChecker,
         *,
         limits: ScoringLimits | None = None,
@@ -160,8 +291,7 @@ class ResponderCore:
     ) -> None:
         self.name = name
         self.limits = limits or ScoringLimits()
-        self._models = models
-        self._model_cache: dict[str, EmbeddingTable] = {}
+        self.embeddings = models if isinstance(models, EmbeddingSource) else FixedEmbeddings(models)
         self._consent = consent
         self._keys: OrderedDict[str, PublicContext] = OrderedDict()
         self._max_keys = max_keys
@@ -193,24 +323,45 @@ class ResponderCore:
             raise UnknownKey(f"key {key_id[:16]} is not installed at {self.name}")
         return ctx
 
-    def model(self, ref: str) -> EmbeddingTable:
-        table = self._model_cache.get(ref)
-        if table is not None:
-            return table
+    def month(self, as_of: str = "") -> str:
+        """The feature month a request naming ``as_of`` is served with (``""``: the default month),
+        or :class:`MonthNotAvailable` naming the month and this holder."""
         try:
-            table = self._models[ref] if isinstance(self._models, Mapping) else self._models(ref)
+            asked = feature_month(as_of)
+        except MonthNotAvailable as exc:
+            raise MonthNotAvailable(f"{exc} (asked of {self.name})") from None
+        default = self.embeddings.default_month
+        month = asked or default
+        span = self.embeddings.span()
+        if span is None:
+            if month != default:
+                raise MonthNotAvailable(
+                    f"month {month} is not served by {self.name}: {self.embeddings.one_frame}, "
+                    f"served {f'as of {default}' if default else 'to requests naming no month'} only")
+            return month
+        first, last = span
+        if month_index(month) > month_index(last):
+            raise MonthNotAvailable(f"month {month} is beyond {self.name}'s data, which ends at {last}")
+        if month_index(month) < month_index(first):
+            raise MonthNotAvailable(f"month {month} is before {self.name}'s data, which starts at {first}")
+        return month
+
+    def model(self, ref: str, as_of: str = "") -> EmbeddingTable:
+        """Bottom outputs of model ``ref`` for the month :meth:`month` serves ``as_of`` with."""
+        month = self.month(as_of)
+        try:
+            return self.embeddings.table(ref, month)
         except (KeyError, ModelStoreError):
             raise UnknownModel(f"model {ref!r} is not available at {self.name}") from None
-        self._model_cache[ref] = table
-        return table
 
     # requests --------------------------------------------------------------------------------
     def contribute(
         self, *, key_id: str, model_ref: str, lender: str, layout: str, usccs: Sequence[str], grants: Sequence[str],
-        purpose: str = Purpose.SCORING.value,
+        purpose: str = Purpose.SCORING.value, as_of: str = "",
     ) -> tuple[list[bytes], int, dict[int, str]]:
         """Encrypted bottom outputs for a batch, and the consent refusals by subject index; every
-        grant must authorise ``purpose`` (``scoring`` or ``monitoring``)."""
+        grant must authorise ``purpose`` (``scoring`` or ``monitoring``). Features are those as of
+        :meth:`month` ``(as_of)``."""
         purpose = scoring_purpose(purpose)
         if layout not in ("packed", "columns"):
             raise InvalidRequest(f"layout {layout!r} is not 'packed' or 'columns'")
@@ -219,7 +370,7 @@ class ResponderCore:
         if not usccs:
             raise InvalidRequest("request names no enterprise")
         ctx = self.key(key_id)
-        table = self.model(model_ref)
+        table = self.model(model_ref, as_of)
         codes: list[str] = []
         for i, code in enumerate(usccs):
             try:
@@ -268,6 +419,7 @@ class ResponderService(pb_grpc.ScoringResponderServicer):
     def Contribute(self, request: pb.ContributeRequest, context: grpc.ServicerContext) -> pb.ContributeResponse:
         with rpc_errors(context, "Contribute", log):
             self._admit(request.stamp, context)
+            month = self.core.month(request.as_of)
             envelopes, out_dim, refusals = self.core.contribute(
                 key_id=request.key_id,
                 model_ref=request.model_ref,
@@ -276,8 +428,10 @@ class ResponderService(pb_grpc.ScoringResponderServicer):
                 usccs=[s.uscc for s in request.subjects],
                 grants=[s.grant_json for s in request.subjects],
                 purpose=request.purpose,
+                **month_kwargs(request.as_of),
             )
-            return pb.ContributeResponse(holder=self.core.name, envelopes=envelopes, out_dim=out_dim, refusals=refusals)
+            return pb.ContributeResponse(holder=self.core.name, envelopes=envelopes, out_dim=out_dim,
+                                         refusals=refusals, as_of=month)
         raise AssertionError("unreachable")
 
 

@@ -32,6 +32,11 @@ Packings (enterprises always in CKKS slots):
 Score scale: points-to-double-odds scorecard (:class:`ScoreScale`), grades A–E by PD band
 (:data:`GRADE_BANDS`).
 
+Feature month: a request may name the month ``as_of`` (``YYYY-MM``) every holder must score with;
+``""`` means each holder's default month. Each holder reports the month it used (``SourceReport.as_of``)
+and refuses a month it cannot serve (:class:`MonthNotAvailable`, naming the month and the holder), so
+a score is never silently computed from another month's features.
+
 Replay protection: every request carries a :class:`Stamp`; a receiver refuses a timestamp outside
 ``±window`` of its clock (``StaleRequest``) and an id it has seen from the same caller within the
 window (``ReplayedRequest``). Ids older than the window can be forgotten because their timestamps
@@ -58,20 +63,21 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from crypto.ckks_keys import EncryptedVector, decrypt, linear_combination
 from crypto.errors import CryptoError
-from protocols.errors import InvalidUSCC, ProtocolError
+from protocols.errors import ConfigError, InvalidUSCC, ProtocolError
+from protocols.feature_schemas import month_index
 from protocols.uscc import validate_uscc
 
 if TYPE_CHECKING:  # the lender SDK must not pull in torch just to name a type
     from models.split import TopSpec
 
 __all__ = [
-    "ScoringError", "InvalidRequest", "UnknownKey", "UnknownModel", "KeyNotUsable", "RequestTooLarge",
+    "ScoringError", "InvalidRequest", "MonthNotAvailable", "MonthMismatch", "UnknownKey", "UnknownModel", "KeyNotUsable", "RequestTooLarge",
     "ReplayedRequest", "StaleRequest", "NotAuthorized", "RequiredSourceUnavailable", "ServiceUnavailable",
     "DeadlineExceeded", "status_name", "error_from_status",
     "Stamp", "ReplayGuard", "ScoringLimits", "ScoreScale", "GRADE_BANDS", "grade_for",
     "SourceStatus", "ScoreResult", "Layout", "layout_for", "depth_needed",
     "ShareOut", "evaluate_top", "combine_shares", "validate_subjects", "MASK_BOUND",
-    "SCORING_PURPOSES", "scoring_purpose",
+    "SCORING_PURPOSES", "scoring_purpose", "feature_month",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -89,6 +95,18 @@ class InvalidRequest(ScoringError, ValueError):
     """Malformed request: bad USCC (the message names the rule), bad stamp, empty batch, duplicates."""
 
     status = "INVALID_ARGUMENT"
+
+
+class MonthNotAvailable(InvalidRequest):
+    """A feature month that is malformed or that a holder cannot serve (beyond or before its data, or
+    data without months). The message starts with ``month`` and names the month and the holder."""
+
+    status = "INVALID_ARGUMENT"
+
+
+class MonthMismatch(ScoringError):
+    """A holder answered with features of another month than the request named (lender side: the
+    result is refused rather than used under the wrong month)."""
 
 
 class UnknownKey(ScoringError, LookupError):
@@ -165,6 +183,8 @@ def error_from_status(name: str, message: str) -> ScoringError:
     """The client-side exception for a status received from a server."""
     if name == "NOT_FOUND":
         return UnknownModel(message) if message.startswith("model") else UnknownKey(message)
+    if name == "INVALID_ARGUMENT" and message.startswith("month "):
+        return MonthNotAvailable(message)
     if name == "FAILED_PRECONDITION" and message.startswith("stale"):
         return StaleRequest(message)
     if name == "UNAVAILABLE" and "required" in message:
@@ -303,6 +323,8 @@ class ScoreResult(BaseModel):
     does not know the enterprise contributes zero, and whether it knows it is never revealed).
     ``missing``: holder → why it is not in the score (``timeout``, ``unavailable``, or the consent
     refusal reason). ``scored`` is False when the label holder refused: then pd/score/grade are None.
+    ``months``: the feature month each answering holder used; ``as_of``: that month when they agree
+    (always the requested month when the request named one), else ``""``.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -316,6 +338,8 @@ class ScoreResult(BaseModel):
     sources: tuple[str, ...] = ()
     missing: dict[str, str] = Field(default_factory=dict)
     model_ref: str = ""
+    as_of: str = ""
+    months: dict[str, str] = Field(default_factory=dict)
 
 
 SCORING_PURPOSES: tuple[str, ...] = ("scoring", "monitoring")
@@ -330,6 +354,31 @@ def scoring_purpose(purpose: str | None) -> str:
     if value not in SCORING_PURPOSES:
         raise InvalidRequest(f"purpose {value!r} is not one of {', '.join(SCORING_PURPOSES)}")
     return value
+
+
+def feature_month(as_of: str | None) -> str:
+    """The feature month a request names: ``""`` (none: each holder's default month) or a valid
+    ``YYYY-MM``; anything else is a :class:`MonthNotAvailable`."""
+    if not as_of:
+        return ""
+    value = str(as_of)
+    try:
+        month_index(value)
+    except ConfigError:
+        raise MonthNotAvailable(f"month {value[:20]!r} is not YYYY-MM") from None
+    if len(value) != 7:
+        raise MonthNotAvailable(f"month {value[:20]!r} is not YYYY-MM")
+    return value
+
+
+def month_kwargs(as_of: str) -> dict[str, str]:
+    """``{"as_of": month}`` when a request names a month, else ``{}``: a request without one reaches a
+    core exactly as before months travelled, so cores written before them (the benchmark's plaintext
+    baseline overrides ``contribute`` and ``score``) keep serving it."""
+    return {"as_of": as_of} if as_of else {}
+
+
+__all__.append("month_kwargs")
 
 
 def validate_subjects(usccs: Sequence[str], grants: Sequence[str], limits: ScoringLimits) -> list[str]:

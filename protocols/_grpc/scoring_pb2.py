@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rscoring.proto\x12\x13\x66\x65\x64score.scoring.v1\"1\n\x05Stamp\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x14\n\x0cissued_at_ms\x18\x02 \x01(\x03\"W\n\x12RegisterKeyRequest\x12)\n\x05stamp\x18\x01 \x01(\x0b\x32\x1a.fedscore.scoring.v1.Stamp\x12\x16\n\x0epublic_context\x18\x02 \x01(\x0c\"H\n\x13RegisterKeyResponse\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x12\n\nslot_count\x18\x02 \x01(\x05\x12\r\n\x05\x64\x65pth\x18\x03 \x01(\x05\"+\n\x07Subject\x12\x0c\n\x04uscc\x18\x01 \x01(\t\x12\x12\n\ngrant_json\x18\x02 \x01(\t\"\x9d\x01\n\x0cScoreRequest\x12)\n\x05stamp\x18\x01 \x01(\x0b\x32\x1a.fedscore.scoring.v1.Stamp\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x11\n\tmodel_ref\x18\x03 \x01(\t\x12.\n\x08subjects\x18\x04 \x03(\x0b\x32\x1c.fedscore.scoring.v1.Subject\x12\x0f\n\x07purpose\x18\x05 \x01(\t\"7\n\x05Share\x12\x10\n\x08\x65nvelope\x18\x01 \x01(\x0c\x12\x0e\n\x06\x62locks\x18\x02 \x01(\x05\x12\x0c\n\x04sign\x18\x03 \x01(\x01\"\xc4\x01\n\x0cSourceReport\x12\x0e\n\x06holder\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x10\n\x08required\x18\x03 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x41\n\x08refusals\x18\x05 \x03(\x0b\x32/.fedscore.scoring.v1.SourceReport.RefusalsEntry\x1a/\n\rRefusalsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc7\x01\n\rScoreResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tmodel_ref\x18\x02 \x01(\t\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\r\n\x05\x63ount\x18\x04 \x01(\x05\x12*\n\x06shares\x18\x05 \x03(\x0b\x32\x1a.fedscore.scoring.v1.Share\x12\x32\n\x07sources\x18\x06 \x03(\x0b\x32!.fedscore.scoring.v1.SourceReport\x12\x10\n\x08unscored\x18\x07 \x03(\x05\"V\n\x11InstallKeyRequest\x12)\n\x05stamp\x18\x01 \x01(\x0b\x32\x1a.fedscore.scoring.v1.Stamp\x12\x16\n\x0epublic_context\x18\x02 \x01(\x0c\"$\n\x12InstallKeyResponse\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"\xc2\x01\n\x11\x43ontributeRequest\x12)\n\x05stamp\x18\x01 \x01(\x0b\x32\x1a.fedscore.scoring.v1.Stamp\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x11\n\tmodel_ref\x18\x03 \x01(\t\x12\x0e\n\x06lender\x18\x04 \x01(\t\x12\x0e\n\x06layout\x18\x05 \x01(\t\x12.\n\x08subjects\x18\x06 \x03(\x0b\x32\x1c.fedscore.scoring.v1.Subject\x12\x0f\n\x07purpose\x18\x07 \x01(\t\"\xc2\x01\n\x12\x43ontributeResponse\x12\x0e\n\x06holder\x18\x01 \x01(\t\x12\x11\n\tenvelopes\x18\x02 \x03(\x0c\x12\x0f\n\x07out_dim\x18\x03 \x01(\x05\x12G\n\x08refusals\x18\x04 \x03(\x0b\x32\x35.fedscore.scoring.v1.ContributeResponse.RefusalsEntry\x1a/\n\rRefusalsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\xc2\x01\n\x0eScoringGateway\x12`\n\x0bRegisterKey\x12\'.fedscore.scoring.v1.RegisterKeyRequest\x1a(.fedscore.scoring.v1.RegisterKeyResponse\x12N\n\x05Score\x12!.fedscore.scoring.v1.ScoreRequest\x1a\".fedscore.scoring.v1.ScoreResponse2\xd0\x01\n\x10ScoringResponder\x12]\n\nInstallKey\x12&.fedscore.scoring.v1.InstallKeyRequest\x1a\'.fedscore.scoring.v1.InstallKeyResponse\x12]\n\nContribute\x12&.fedscore.scoring.v1.ContributeRequest\x1a\'.fedscore.scoring.v1.ContributeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rscoring.proto\x12\x13\x66\x65\x64score.scoring.v1\"1\n\x05Stamp\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x14\n\x0cissued_at_ms\x18\x02 \x01(\x03\"W\n\x12RegisterKeyRequest\x12)\n\x05stamp\x18\x01 \x01(\x0b\x32\x1a.fedscore.scoring.v1.Stamp\x12\x16\n\x0epublic_context\x18\x02 \x01(\x0c\"H\n\x13RegisterKeyResponse\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x12\n\nslot_count\x18\x02 \x01(\x05\x12\r\n\x05\x64\x65pth\x18\x03 \x01(\x05\"+\n\x07Subject\x12\x0c\n\x04uscc\x18\x01 \x01(\t\x12\x12\n\ngrant_json\x18\x02 \x01(\t\"\xac\x01\n\x0cScoreRequest\x12)\n\x05stamp\x18\x01 \x01(\x0b\x32\x1a.fedscore.scoring.v1.Stamp\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x11\n\tmodel_ref\x18\x03 \x01(\t\x12.\n\x08subjects\x18\x04 \x03(\x0b\x32\x1c.fedscore.scoring.v1.Subject\x12\x0f\n\x07purpose\x18\x05 \x01(\t\x12\r\n\x05\x61s_of\x18\x06 \x01(\t\"7\n\x05Share\x12\x10\n\x08\x65nvelope\x18\x01 \x01(\x0c\x12\x0e\n\x06\x62locks\x18\x02 \x01(\x05\x12\x0c\n\x04sign\x18\x03 \x01(\x01\"\xd3\x01\n\x0cSourceReport\x12\x0e\n\x06holder\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x10\n\x08required\x18\x03 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x41\n\x08refusals\x18\x05 \x03(\x0b\x32/.fedscore.scoring.v1.SourceReport.RefusalsEntry\x12\r\n\x05\x61s_of\x18\x06 \x01(\t\x1a/\n\rRefusalsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc7\x01\n\rScoreResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tmodel_ref\x18\x02 \x01(\t\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\r\n\x05\x63ount\x18\x04 \x01(\x05\x12*\n\x06shares\x18\x05 \x03(\x0b\x32\x1a.fedscore.scoring.v1.Share\x12\x32\n\x07sources\x18\x06 \x03(\x0b\x32!.fedscore.scoring.v1.SourceReport\x12\x10\n\x08unscored\x18\x07 \x03(\x05\"V\n\x11InstallKeyRequest\x12)\n\x05stamp\x18\x01 \x01(\x0b\x32\x1a.fedscore.scoring.v1.Stamp\x12\x16\n\x0epublic_context\x18\x02 \x01(\x0c\"$\n\x12InstallKeyResponse\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"\xd1\x01\n\x11\x43ontributeRequest\x12)\n\x05stamp\x18\x01 \x01(\x0b\x32\x1a.fedscore.scoring.v1.Stamp\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x11\n\tmodel_ref\x18\x03 \x01(\t\x12\x0e\n\x06lender\x18\x04 \x01(\t\x12\x0e\n\x06layout\x18\x05 \x01(\t\x12.\n\x08subjects\x18\x06 \x03(\x0b\x32\x1c.fedscore.scoring.v1.Subject\x12\x0f\n\x07purpose\x18\x07 \x01(\t\x12\r\n\x05\x61s_of\x18\x08 \x01(\t\"\xd1\x01\n\x12\x43ontributeResponse\x12\x0e\n\x06holder\x18\x01 \x01(\t\x12\x11\n\tenvelopes\x18\x02 \x03(\x0c\x12\x0f\n\x07out_dim\x18\x03 \x01(\x05\x12G\n\x08refusals\x18\x04 \x03(\x0b\x32\x35.fedscore.scoring.v1.ContributeResponse.RefusalsEntry\x12\r\n\x05\x61s_of\x18\x05 \x01(\t\x1a/\n\rRefusalsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\xc2\x01\n\x0eScoringGateway\x12`\n\x0bRegisterKey\x12\'.fedscore.scoring.v1.RegisterKeyRequest\x1a(.fedscore.scoring.v1.RegisterKeyResponse\x12N\n\x05Score\x12!.fedscore.scoring.v1.ScoreRequest\x1a\".fedscore.scoring.v1.ScoreResponse2\xd0\x01\n\x10ScoringResponder\x12]\n\nInstallKey\x12&.fedscore.scoring.v1.InstallKeyRequest\x1a\'.fedscore.scoring.v1.InstallKeyResponse\x12]\n\nContribute\x12&.fedscore.scoring.v1.ContributeRequest\x1a\'.fedscore.scoring.v1.ContributeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,27 +44,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBJECT']._serialized_start=252
   _globals['_SUBJECT']._serialized_end=295
   _globals['_SCOREREQUEST']._serialized_start=298
-  _globals['_SCOREREQUEST']._serialized_end=455
-  _globals['_SHARE']._serialized_start=457
-  _globals['_SHARE']._serialized_end=512
-  _globals['_SOURCEREPORT']._serialized_start=515
-  _globals['_SOURCEREPORT']._serialized_end=711
-  _globals['_SOURCEREPORT_REFUSALSENTRY']._serialized_start=664
-  _globals['_SOURCEREPORT_REFUSALSENTRY']._serialized_end=711
-  _globals['_SCORERESPONSE']._serialized_start=714
-  _globals['_SCORERESPONSE']._serialized_end=913
-  _globals['_INSTALLKEYREQUEST']._serialized_start=915
-  _globals['_INSTALLKEYREQUEST']._serialized_end=1001
-  _globals['_INSTALLKEYRESPONSE']._serialized_start=1003
-  _globals['_INSTALLKEYRESPONSE']._serialized_end=1039
-  _globals['_CONTRIBUTEREQUEST']._serialized_start=1042
-  _globals['_CONTRIBUTEREQUEST']._serialized_end=1236
-  _globals['_CONTRIBUTERESPONSE']._serialized_start=1239
-  _globals['_CONTRIBUTERESPONSE']._serialized_end=1433
-  _globals['_CONTRIBUTERESPONSE_REFUSALSENTRY']._serialized_start=664
-  _globals['_CONTRIBUTERESPONSE_REFUSALSENTRY']._serialized_end=711
-  _globals['_SCORINGGATEWAY']._serialized_start=1436
-  _globals['_SCORINGGATEWAY']._serialized_end=1630
-  _globals['_SCORINGRESPONDER']._serialized_start=1633
-  _globals['_SCORINGRESPONDER']._serialized_end=1841
+  _globals['_SCOREREQUEST']._serialized_end=470
+  _globals['_SHARE']._serialized_start=472
+  _globals['_SHARE']._serialized_end=527
+  _globals['_SOURCEREPORT']._serialized_start=530
+  _globals['_SOURCEREPORT']._serialized_end=741
+  _globals['_SOURCEREPORT_REFUSALSENTRY']._serialized_start=694
+  _globals['_SOURCEREPORT_REFUSALSENTRY']._serialized_end=741
+  _globals['_SCORERESPONSE']._serialized_start=744
+  _globals['_SCORERESPONSE']._serialized_end=943
+  _globals['_INSTALLKEYREQUEST']._serialized_start=945
+  _globals['_INSTALLKEYREQUEST']._serialized_end=1031
+  _globals['_INSTALLKEYRESPONSE']._serialized_start=1033
+  _globals['_INSTALLKEYRESPONSE']._serialized_end=1069
+  _globals['_CONTRIBUTEREQUEST']._serialized_start=1072
+  _globals['_CONTRIBUTEREQUEST']._serialized_end=1281
+  _globals['_CONTRIBUTERESPONSE']._serialized_start=1284
+  _globals['_CONTRIBUTERESPONSE']._serialized_end=1493
+  _globals['_CONTRIBUTERESPONSE_REFUSALSENTRY']._serialized_start=694
+  _globals['_CONTRIBUTERESPONSE_REFUSALSENTRY']._serialized_end=741
+  _globals['_SCORINGGATEWAY']._serialized_start=1496
+  _globals['_SCORINGGATEWAY']._serialized_end=1690
+  _globals['_SCORINGRESPONDER']._serialized_start=1693
+  _globals['_SCORINGRESPONDER']._serialized_end=1901
 # @@protoc_insertion_point(module_scope)

@@ -23,6 +23,7 @@ from protocols._grpc import scoring_pb2 as pb
 from protocols.scoring import (
     DeadlineExceeded,
     InvalidRequest,
+    MonthNotAvailable,
     MutualTls,
     NotAuthorized,
     ReplayedRequest,
@@ -33,6 +34,7 @@ from protocols.scoring import (
     UnknownKey,
     sigmoid,
 )
+from tests.participants.test_scoring_responder import EARLIER, LAST, month_pd, monthly_core
 from tests.protocols.test_scoring import cached_world
 
 pytestmark = pytest.mark.timeout(300)
@@ -496,3 +498,49 @@ def test_ciphertext_under_another_key_is_left_out_and_named(world, lender_keys) 
     assert all(r.missing == {"tax": "error"} and r.sources == ("bank", "utility") for r in results)
     expected = world.plaintext_pd(usccs, holders=["bank", "utility"])
     assert np.max(np.abs(np.array([r.pd for r in results]) - expected)) < 1e-4
+
+
+# ---------------------------------------------------------------------------------------------
+# Feature month
+# ---------------------------------------------------------------------------------------------
+
+
+class _IgnoresMonth(ResponderCore):
+    """A holder that serves its start-up month whatever the request asks (as responders did before
+    the month travelled): it says so in its reply."""
+
+    def month(self, as_of: str = "") -> str:
+        return super().month("")
+
+
+def test_month_travels_to_every_holder_and_each_reports_it(world, lender_keys) -> None:
+    def cores(name, tables, consent, **kw):
+        if name == "tax":
+            return _IgnoresMonth(name, {world.model_ref: tables[world.model_ref]}, consent, **kw)
+        return monthly_core(world)(name, tables, consent, **kw)
+
+    dep = start_deployment(world, {h: AllowAll() for h in world.holders}, responder_core=cores)
+    try:
+        c = dep.lender(world, lender_keys, timeout=30)
+        c.register()
+        usccs = world.universe()[70:75]
+        request = _request(c, world, usccs)
+        request.as_of = EARLIER
+        response = _raw(world, dep).score(request, 30)
+        reports = {s.holder: (s.status, s.as_of, s.detail) for s in response.sources}
+        assert reports["bank"] == reports["utility"] == ("contributed", EARLIER, "")
+        assert reports["tax"] == ("error", "", f"answered for month (none), asked {EARLIER}")
+        results = c.score(usccs, [world.grant(u) for u in usccs], as_of=EARLIER)
+        assert all(r.as_of == EARLIER and r.months == {"bank": EARLIER, "utility": EARLIER} for r in results)
+        assert all(r.missing == {"tax": "error"} for r in results)
+        expected = month_pd(world, usccs, EARLIER, holders=["bank", "utility"])
+        assert np.max(np.abs(np.array([r.pd for r in results]) - expected)) < 1e-4
+        with pytest.raises(MonthNotAvailable, match=f"month 2025-01 is beyond bank's data, which ends at {LAST}; "
+                                                    f"month 2025-01 is beyond utility's data, which ends at {LAST}"):
+            c.score(usccs, [world.grant(u) for u in usccs], as_of="2025-01")
+        request = _request(c, world, usccs)
+        request.as_of = "2024-1"
+        with pytest.raises(MonthNotAvailable, match="month '2024-1' is not YYYY-MM"):
+            _raw(world, dep).score(request, 30)
+    finally:
+        dep.stop()

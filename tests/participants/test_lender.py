@@ -16,9 +16,18 @@ from bench.bench_scoring import AllowAll, start_deployment
 from coordinator.scoring_gateway import GatewayCore, Holder
 from crypto.ckks_keys import LenderKeyPair
 from participants.lender import LenderClient, load_grants, read_batch
-from participants.scoring_responder import EmbeddingTable, ResponderCore
+from participants.scoring_responder import ResponderCore
 from protocols._grpc import scoring_pb2 as pb
-from protocols.scoring import InvalidRequest, ScoreScale, UnknownKey, grade_for
+from protocols.scoring import (
+    InvalidRequest,
+    MonthMismatch,
+    MonthNotAvailable,
+    ScoreScale,
+    UnknownKey,
+    grade_for,
+    month_kwargs,
+)
+from tests.participants.test_scoring_responder import EARLIER, LAST, month_pd, monthly_core, monthly_embeddings
 from tests.protocols.test_scoring import cached_world
 
 
@@ -39,11 +48,13 @@ class InProcessResponders:
 
     def contribute(self, holder, request, timeout):
         self.calls.append(holder.name)
-        envelopes, d, refusals = self.cores[holder.name].contribute(
+        core = self.cores[holder.name]
+        envelopes, d, refusals = core.contribute(
             key_id=request.key_id, model_ref=request.model_ref, lender=request.lender, layout=request.layout,
             usccs=[s.uscc for s in request.subjects], grants=[s.grant_json for s in request.subjects],
-            purpose=request.purpose)
-        return pb.ContributeResponse(holder=holder.name, envelopes=envelopes, out_dim=d, refusals=refusals)
+            purpose=request.purpose, as_of=request.as_of)
+        return pb.ContributeResponse(holder=holder.name, envelopes=envelopes, out_dim=d, refusals=refusals,
+                                     as_of=core.month(request.as_of))
 
 
 class InProcessGateway:
@@ -58,16 +69,13 @@ class InProcessGateway:
 
     def score(self, request, timeout):
         return self.core.score("lender", request.key_id, request.model_ref, [s.uscc for s in request.subjects],
-                               [s.grant_json for s in request.subjects], timeout=timeout, purpose=request.purpose)
+                               [s.grant_json for s in request.subjects], timeout=timeout, purpose=request.purpose,
+                               **month_kwargs(request.as_of))
 
 
 @pytest.fixture(scope="module")
 def in_process(world):
-    cores = {
-        h: ResponderCore(h, {world.model_ref: EmbeddingTable.build(world.store(h), world.model_ref, world.features[h])},
-                         AllowAll())
-        for h in world.holders
-    }
+    cores = {h: ResponderCore(h, monthly_embeddings(world, h), AllowAll()) for h in world.holders}
     responders = InProcessResponders(cores)
     gateway = GatewayCore([Holder(h, "in-process", required=h == world.label_holder) for h in world.holders],
                           responders, {world.model_ref: world.spec}, default_model=world.model_ref)
@@ -123,6 +131,43 @@ def test_purpose_travels_with_every_request(world, in_process) -> None:
     with pytest.raises(InvalidRequest, match="purpose 'training'"):
         client.score(usccs[:1], [world.grant(usccs[0])], purpose="training")
     assert len(sent) == 4  # refused before sending
+
+
+def test_as_of_travels_and_results_say_which_month(world, in_process) -> None:
+    transport, _ = in_process
+    client = LenderClient(transport, LenderKeyPair.generate())
+    client.register()
+    usccs = world.universe()[420:440]
+    pairs = [(u, world.grant(u)) for u in usccs]
+    default = client.score(usccs, [g for _, g in pairs])
+    earlier = client.score_batch(pairs, chunk=8, as_of=EARLIER)
+    for results, month in ((default, LAST), (earlier, EARLIER)):
+        assert all(r.as_of == month and r.months == dict.fromkeys(world.holders, month) for r in results)
+        assert np.max(np.abs(np.array([r.pd for r in results]) - month_pd(world, usccs, month))) < 1e-4
+    assert np.max(np.abs(np.array([r.pd for r in default]) - np.array([r.pd for r in earlier]))) > 1e-3
+    with pytest.raises(MonthNotAvailable, match="month '2024-13' is not YYYY-MM"):
+        client.score(usccs[:1], [pairs[0][1]], as_of="2024-13")
+
+
+def test_an_answer_for_another_month_is_refused(world, in_process) -> None:
+    transport, _ = in_process
+
+    class Stale:
+        """A gateway path where one holder used another month than asked (reported in its source)."""
+
+        def register_key(self, request, timeout):
+            return transport.register_key(request, timeout)
+
+        def score(self, request, timeout):
+            response = transport.score(request, timeout)
+            response.sources[1].as_of = LAST
+            return response
+
+    client = LenderClient(Stale(), LenderKeyPair.generate())
+    client.register()
+    u = world.universe()[441]
+    with pytest.raises(MonthMismatch, match=f"asked for features as of {EARLIER}, but tax used {LAST}"):
+        client.score([u], [world.grant(u)], as_of=EARLIER)
 
 
 def test_mismatched_lengths_are_refused_before_sending(world, in_process) -> None:
@@ -190,7 +235,7 @@ def test_keygen_writes_a_private_key_and_refuses_to_overwrite(tmp_path) -> None:
 
 
 def test_cli_registers_and_scores_a_batch(world, tmp_path) -> None:
-    dep = start_deployment(world, {h: AllowAll() for h in world.holders})
+    dep = start_deployment(world, {h: AllowAll() for h in world.holders}, responder_core=monthly_core(world))
     try:
         runner = CliRunner()
         key = tmp_path / "lender.ckks"
@@ -208,7 +253,17 @@ def test_cli_registers_and_scores_a_batch(world, tmp_path) -> None:
         rows = [json.loads(line) for line in out.output.splitlines()]
         assert [r["uscc"] for r in rows] == usccs
         assert np.max(np.abs(np.array([r["pd"] for r in rows]) - world.plaintext_pd(usccs))) < 1e-4
+        assert all(r["as_of"] == LAST for r in rows)
         table = runner.invoke(_root(), ["score", usccs[0], "--grant", str(grants), *common])
         assert table.exit_code == 0 and usccs[0] in table.output and "bank, tax, utility" in table.output
+        assert LAST in table.output
+        earlier = runner.invoke(_root(), ["score", *usccs[:5], "--grant", str(grants), "--as-of", EARLIER, "--json", *common])
+        assert earlier.exit_code == 0, earlier.output
+        rows = [json.loads(line) for line in earlier.output.splitlines()]
+        assert all(r["as_of"] == EARLIER for r in rows)
+        assert np.max(np.abs(np.array([r["pd"] for r in rows]) - month_pd(world, usccs[:5], EARLIER))) < 1e-4
+        future = runner.invoke(_root(), ["score", usccs[0], "--grant", str(grants), "--as-of", "2025-06", *common])
+        assert future.exit_code != 0 and isinstance(future.exception, MonthNotAvailable)
+        assert "month 2025-06 is beyond bank's data" in str(future.exception)
     finally:
         dep.stop()

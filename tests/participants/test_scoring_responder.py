@@ -1,22 +1,29 @@
 """Scoring responder: consent per enterprise, ciphertexts only, same-shaped replies whether or not
-the holder knows an enterprise, typed errors, and only the gateway may call it."""
+the holder knows an enterprise, typed errors, only the gateway may call it, and each request's
+feature month (embeddings per month, cached and bounded; months it cannot serve are refused).
+
+:func:`monthly_core` and :func:`month_pd` are shared with the gateway, lender and monitoring tests."""
 
 from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 
+from bench.bench_scoring import AllowAll
 from crypto.ckks_keys import EncryptedVector, LenderKeyPair, decrypt
-from participants.scoring_responder import EmbeddingTable, ResponderCore, serve_responder
+from participants.datastore import LocalDataStore
+from participants.scoring_responder import EmbeddingTable, MonthlyEmbeddings, ResponderCore, serve_responder
 from protocols._grpc import scoring_pb2 as pb
 from protocols._grpc import scoring_pb2_grpc as pb_grpc
 from protocols.scoring import (
     InvalidRequest,
+    MonthNotAvailable,
     MutualTls,
     RequestTooLarge,
     ScoringLimits,
@@ -28,6 +35,33 @@ from protocols.uscc import make_uscc
 from tests.protocols.test_scoring import cached_world
 
 HOLDER = "tax"
+LAST, EARLIER = "2024-12", "2024-11"
+"""The world's data ends at LAST (its consortium ``as_of``, so every responder's default month)."""
+
+
+def monthly_embeddings(world, holder: str, *, max_months: int = 3) -> MonthlyEmbeddings:
+    """A holder's embeddings per month from its own data, as ``fedscore serve responder`` builds them."""
+    part = next(p for p in world.cfg.participants if p.name == holder)
+    return MonthlyEmbeddings(world.store(holder), LocalDataStore(part, default_as_of=world.cfg.as_of),
+                             refs=[world.model_ref], max_months=max_months)
+
+
+def monthly_core(world, cls=ResponderCore):
+    """``responder_core`` for :func:`bench.bench_scoring.start_deployment`: month-aware responders
+    (the start-up-month tables it hands over are ignored)."""
+    return lambda name, _tables, consent, **kw: cls(name, monthly_embeddings(world, name), consent, **kw)
+
+
+def month_pd(world, usccs: list[str], month: str, holders: list[str] | None = None) -> np.ndarray:
+    """The model's PD in the clear with every holder's features as of ``month``."""
+    from participants.monitoring.scorers import PlaintextScorer
+    from protocols.scoring import sigmoid
+
+    names = holders or world.holders
+    parts = {p.name: p for p in world.cfg.participants}
+    scorer = PlaintextScorer({h: world.store(h).load_bottom(world.model_ref) for h in names}, world.spec,
+                             lambda m: {h: LocalDataStore(parts[h]).features(m) for h in names})
+    return sigmoid(scorer.logits(usccs, month))
 
 
 @pytest.fixture(scope="module")
@@ -245,3 +279,140 @@ def test_a_request_checks_consent_in_one_batch(world, keys, env) -> None:
     usccs = known + [unknown]
     _, _, refusals = _call(core, world, usccs, [world.grant(u) for u in usccs])
     assert calls == [4] and refusals == {}
+
+
+# ---------------------------------------------------------------------------------------------
+# Feature month
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def monthly(world, keys):
+    core = ResponderCore(HOLDER, monthly_embeddings(world, HOLDER, max_months=1), AllowAll(), limits=ScoringLimits(max_subjects=16))
+    core.install_key(keys.public_context_bytes())
+    yield core
+    core.close()
+
+
+def _holder_features(world, month: str):
+    part = next(p for p in world.cfg.participants if p.name == HOLDER)
+    return LocalDataStore(part).features(month)
+
+
+def test_each_month_is_served_from_that_months_features(world, keys, monthly) -> None:
+    bottom = world.store(HOLDER).load_bottom(world.model_ref)
+    tables = {m: monthly.model(world.model_ref, m) for m in (EARLIER, LAST)}
+    assert monthly.model(world.model_ref) is tables[LAST] and monthly.month("") == LAST  # default month
+    for month, table in tables.items():
+        frame = _holder_features(world, month)
+        assert table.as_of == month and list(table.index) == list(frame.index)
+        assert np.max(np.abs(table.matrix - bottom.embed(frame))) < 1e-9
+    known = [u for u in tables[EARLIER].index if u in tables[LAST].index][:3]
+    assert np.max(np.abs(tables[EARLIER].matrix[[tables[EARLIER].index[u] for u in known]]
+                         - tables[LAST].matrix[[tables[LAST].index[u] for u in known]])) > 1e-3
+    base = dict(key_id=keys.key_id, model_ref=world.model_ref, lender="lender", layout="packed", usccs=known,
+                grants=[world.grant(u).model_dump_json() for u in known])
+    for month, table in tables.items():
+        envelopes, d, _ = monthly.contribute(**base, as_of=month)
+        assert np.max(np.abs(_decrypt_block(keys, envelopes, 3, d) - table.matrix[[table.index[u] for u in known]])) < 1e-5
+
+
+def test_months_it_cannot_serve_are_refused_before_consent_is_used(world, keys, monthly) -> None:
+    calls: list[int] = []
+
+    class Counting(AllowAll):
+        def check_many(self, requests, **kw):
+            calls.append(len(requests))
+            return super().check_many(requests, **kw)
+
+    monthly._consent = Counting()
+    u = world.universe()[0]
+    base = dict(key_id=keys.key_id, model_ref=world.model_ref, lender="lender", layout="packed", usccs=[u],
+                grants=[world.grant(u).model_dump_json()])
+    for month, message in (("2025-01", f"month 2025-01 is beyond {HOLDER}'s data, which ends at {LAST}"),
+                           ("2023-11", f"month 2023-11 is before {HOLDER}'s data, which starts at 2023-12"),
+                           ("2024-13", f"month '2024-13' is not YYYY-MM \\(asked of {HOLDER}\\)"),
+                           ("24-12", "month '24-12' is not YYYY-MM")):
+        with pytest.raises(MonthNotAvailable, match=message):
+            monthly.contribute(**base, as_of=month)
+    assert calls == []
+    monthly.contribute(**base, as_of=LAST)
+    assert calls == [1]
+    fixed = ResponderCore(HOLDER, {world.model_ref: EmbeddingTable(world.model_ref, {}, np.zeros((0, 4)), LAST)}, AllowAll())
+    assert fixed.month("") == fixed.month(LAST) == LAST
+    with pytest.raises(MonthNotAvailable, match=f"month {EARLIER} is not served by {HOLDER}: it holds one "
+                                                f"precomputed frame of features, served as of {LAST} only"):
+        fixed.month(EARLIER)
+
+
+def test_month_cache_keeps_the_default_and_the_latest_others_and_builds_once(world, monthly) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    embeddings = monthly.embeddings
+    builds: list[str] = []
+    build = embeddings._build
+    embeddings._build = lambda ref, month: (builds.append(month), time.sleep(0.2), build(ref, month))[-1]
+    with ThreadPoolExecutor(4) as pool:  # concurrent first requests for one month: built once, same table
+        tables = list(pool.map(lambda _: monthly.model(world.model_ref, "2024-10"), range(4)))
+    assert builds == ["2024-10"] and all(t is tables[0] for t in tables)
+    monthly.model(world.model_ref)
+    monthly.model(world.model_ref, EARLIER)  # max_months=1: evicts 2024-10, never the default
+    assert sorted(m for m, _ in embeddings.cached()) == [EARLIER, LAST]
+    monthly.model(world.model_ref, "2024-10")
+    assert builds == ["2024-10", LAST, EARLIER, "2024-10"]
+    assert sorted(m for m, _ in embeddings.cached()) == ["2024-10", LAST]
+
+
+def test_the_reply_names_the_month_used_and_refusals_are_invalid_argument(world, keys, monthly) -> None:
+    running = serve_responder(monthly, "127.0.0.1:0", MutualTls.from_pki(world.pki.root, HOLDER))
+    try:
+        channel = grpc.secure_channel(f"127.0.0.1:{running.port}", MutualTls(
+            world.pki.ca_cert, world.pki.gateway_cert, world.pki.gateway_key).channel_credentials())
+        gateway = pb_grpc.ScoringResponderStub(channel)
+        u = world.universe()[0]
+
+        def request(as_of: str) -> pb.ContributeRequest:
+            s = Stamp.new()
+            return pb.ContributeRequest(
+                stamp=pb.Stamp(request_id=s.request_id, issued_at_ms=s.issued_at_ms), key_id=keys.key_id,
+                model_ref=world.model_ref, lender="lender", layout="packed", as_of=as_of,
+                subjects=[pb.Subject(uscc=u, grant_json=world.grant(u).model_dump_json())])
+
+        assert gateway.Contribute(request(""), timeout=30).as_of == LAST
+        assert gateway.Contribute(request(EARLIER), timeout=30).as_of == EARLIER
+        with pytest.raises(grpc.RpcError) as refused:
+            gateway.Contribute(request("2025-02"), timeout=30)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert refused.value.details() == f"month 2025-02 is beyond {HOLDER}'s data, which ends at {LAST}"
+    finally:
+        running.stop(0)
+
+
+def test_data_without_months_serves_only_its_default_month(tmp_path, keys) -> None:
+    """A ``custom`` schema (benchmark CSVs) has one frame and no time axis: it is served to requests
+    naming no month (or the month it was configured as of), and a request for any other month is
+    refused rather than answered with the same frame under another month's name."""
+    from models.preprocessing import Preprocessor
+    from models.split import BottomModel
+    from participants.model_store import LocalModelStore
+    from protocols.consortium import FeatureSchemaConfig
+
+    ids = [make_uscc(f"9135010000000{i:04d}") for i in range(5)]
+    x = np.arange(10, dtype=float).reshape(5, 2)
+    (tmp_path / "bureau.csv").write_text("uscc,a,b\n" + "".join(f"{u},{r[0]},{r[1]}\n" for u, r in zip(ids, x)))
+    schema = FeatureSchemaConfig.model_validate({"schema": "custom", "file": "bureau.csv", "columns": ["a", "b"]})
+    models = LocalModelStore(tmp_path / "models")
+    models.save_bottom("credit:v1", BottomModel(2, 3), Preprocessor.fit(x, ["a", "b"]), ["a", "b"])
+    for configured in ("", "2024-12"):
+        data = LocalDataStore.from_dir(tmp_path, schema, name="bureau", default_as_of=configured or None)
+        core = ResponderCore("bureau", MonthlyEmbeddings(models, data, refs=["credit:v1"]), AllowAll())
+        assert core.embeddings.span() is None and core.month("") == configured
+        table = core.model("credit:v1")
+        assert table.as_of == configured
+        assert np.max(np.abs(table.matrix - models.load_bottom("credit:v1").embed(data.features()))) < 1e-9
+        served = f"as of {configured}" if configured else "to requests naming no month"
+        with pytest.raises(MonthNotAvailable, match=f"month 2024-11 is not served by bureau: its data has no months "
+                                                    f"\\(custom schema\\), served {served} only"):
+            core.model("credit:v1", "2024-11")
+        if configured:
+            assert core.model("credit:v1", configured) is table

@@ -17,6 +17,7 @@ from protocols.scoring import (
     GRADE_BANDS,
     InvalidRequest,
     KeyNotUsable,
+    MonthNotAvailable,
     NotAuthorized,
     ReplayGuard,
     ReplayedRequest,
@@ -30,6 +31,7 @@ from protocols.scoring import (
     combine_shares,
     error_from_status,
     evaluate_top,
+    feature_month,
     grade_for,
     layout_for,
     scoring_purpose,
@@ -173,6 +175,14 @@ def test_purpose_defaults_to_scoring_and_allows_monitoring_only() -> None:
             scoring_purpose(other)
 
 
+def test_feature_month_is_yyyy_mm_or_nothing() -> None:
+    assert feature_month("") == feature_month(None) == ""
+    assert feature_month("2024-12") == "2024-12"
+    for bad in ("2024-13", "2024-1", "24-12", "2024-12\n", "2024/12", "december"):
+        with pytest.raises(MonthNotAvailable, match="is not YYYY-MM"):
+            feature_month(bad)
+
+
 def test_invalid_uscc_message_does_not_echo_the_code() -> None:
     bad = "91350100M000100Y4Z"
     with pytest.raises(InvalidRequest) as info:
@@ -184,6 +194,7 @@ def test_invalid_uscc_message_does_not_echo_the_code() -> None:
     "status, message, cls",
     [
         ("INVALID_ARGUMENT", "x", InvalidRequest),
+        ("INVALID_ARGUMENT", "month 2025-01 is beyond tax's data, which ends at 2024-12", MonthNotAvailable),
         ("NOT_FOUND", "key 12 is not registered", UnknownKey),
         ("NOT_FOUND", "model 'm:v1' is not served", UnknownModel),
         ("RESOURCE_EXHAUSTED", "x", RequestTooLarge),
