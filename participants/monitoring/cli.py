@@ -122,7 +122,8 @@ def _rules(config: AlertConfig, pd_above: float | None, pd_jump: float | None, d
 
 @monitor_app.command("run")
 def run(
-    as_of: str = typer.Option(..., "--as-of", help="Month being monitored, YYYY-MM (labels the history)."),
+    as_of: str = typer.Option(..., "--as-of", help="Month being monitored, YYYY-MM: every holder scores with "
+                                                   "its features as of this month."),
     state_dir: Path = _STATE,
     lender: str = _LENDER,
     key: Path = typer.Option(Path("lender.ckks"), "--key", help="Lender CKKS secret key file."),

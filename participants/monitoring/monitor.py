@@ -12,6 +12,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict
 
 from participants.monitoring.alerts import AlertRules, AlertSink, DispatchReport, JsonlSink, dispatch, evaluate_rules
+from participants.monitoring.errors import MonitoringError
 from participants.monitoring.scorers import Scorer
 from participants.monitoring.stability import StabilityReport, score_stability
 from participants.monitoring.watchlist import Watchlist, check_month
@@ -38,12 +39,17 @@ class RunSummary(BaseModel):
 
 def run_month(watchlist: Watchlist, scorer: Scorer, as_of: str, rules: AlertRules, durable: JsonlSink,
               sinks: Sequence[AlertSink] = (), *, now: datetime | None = None) -> RunSummary:
-    """Score every watched enterprise with a live grant for ``as_of`` and act on the result."""
+    """Score every watched enterprise with a live grant for ``as_of`` and act on the result. Scores
+    the scorer reports for another month are refused (:class:`MonitoringError`) before anything is stored."""
     check_month(as_of)
     now = now or utc_now()
     entries = watchlist.entries()
     live = [e for e in entries if e.active(now)]
     records = scorer.score([(e.uscc, e.grant_json) for e in live], as_of)
+    other = sorted({r.as_of for r in records} - {as_of})
+    if other:
+        months = ", ".join(m or "no month" for m in other)
+        raise MonitoringError(f"asked for {as_of}, but scores came back as of {months}; nothing stored")
     previous_month = watchlist.previous_month(as_of)
     previous = watchlist.scores(previous_month) if previous_month else {}
     watchlist.record(records)

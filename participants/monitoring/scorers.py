@@ -29,8 +29,9 @@ class Scorer(Protocol):
     def score(self, subjects: Sequence[tuple[str, str]], as_of: str) -> list[ScoreRecord]: ...
 
 
-def record_from_result(result: ScoreResult, as_of: str) -> ScoreRecord:
-    return ScoreRecord(uscc=result.uscc, as_of=as_of, scored=result.scored, pd=result.pd, logit=result.logit,
+def record_from_result(result: ScoreResult) -> ScoreRecord:
+    """The record of one result, under the feature month the holders reported."""
+    return ScoreRecord(uscc=result.uscc, as_of=result.as_of, scored=result.scored, pd=result.pd, logit=result.logit,
                        score=result.score, grade=result.grade, model_ref=result.model_ref, sources=result.sources,
                        missing=dict(result.missing))
 
@@ -39,10 +40,10 @@ class SdkScorer:
     """Encrypted scoring through the lender SDK.
 
     Requests carry purpose ``monitoring``: the holders check each enterprise's monitoring grant
-    (a ``scoring`` grant is refused as ``wrong_purpose``). The holders score with the data they hold
-    now (each responder serves features as of its own latest month); ``as_of`` labels the month in
-    the lender's history. Per-source contributions are not available on this path: the gateway
-    returns only the encrypted total.
+    (a ``scoring`` grant is refused as ``wrong_purpose``) and the month ``as_of``: every holder
+    scores with its features as of that month (a month beyond a holder's data fails the run with
+    ``MonthNotAvailable``), and each record carries the month the holders reported. Per-source
+    contributions are not available on this path: the gateway returns only the encrypted total.
     """
 
     def __init__(self, client: LenderClient, *, batch: int | None = None, parallel: int = 2) -> None:
@@ -54,8 +55,8 @@ class SdkScorer:
         if not subjects:
             return []
         results = self.client.score_batch(list(subjects), chunk=self.batch, parallel=self.parallel,
-                                          purpose=Purpose.MONITORING.value)
-        return [record_from_result(r, as_of) for r in results]
+                                          purpose=Purpose.MONITORING.value, as_of=as_of)
+        return [record_from_result(r) for r in results]
 
 
 class Bottom(Protocol):
