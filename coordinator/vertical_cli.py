@@ -51,6 +51,8 @@ def build_run_config(
     label_dp_clip: float,
     seed: int,
     as_of: str | None,
+    source_dropout: float | None = None,
+    batches_per_round: int | None = None,
     model_name: str,
     declared: set[str],
 ) -> dict[str, Any]:
@@ -76,6 +78,10 @@ def build_run_config(
         extra["top_kind"] = top
     if out_dim is not None:
         extra["out_dim"] = out_dim
+    if source_dropout is not None:
+        extra["source_dropout"] = source_dropout
+    if batches_per_round is not None:
+        extra["batches_per_round"] = batches_per_round
     if extra:
         cfg["vertical-plan"] = json.dumps(extra)
     if as_of:
@@ -115,13 +121,18 @@ def register(train_app: typer.Typer) -> None:
     def vertical(
         config: Path = typer.Option(..., "--config", "-c", exists=True, dir_okay=False, help="Consortium TOML (mode vertical)."),
         as_of: Optional[str] = typer.Option(None, "--as-of", help="Feature/label month YYYY-MM (default: the consortium's)."),
-        epochs: int = typer.Option(10, "--epochs", min=1, help="Passes over the training rows."),
+        epochs: int = typer.Option(40, "--epochs", min=1, help="Passes over the training rows."),
         top: str = typer.Option("linear", "--top", help="HE-friendly top: linear or poly."),
         bottom: str = typer.Option("mlp", "--bottom", help="Bottom models: mlp or linear."),
-        hidden: str = typer.Option("16", "--hidden", help="MLP bottom hidden widths, comma-separated."),
-        out_dim: Optional[int] = typer.Option(None, "--out-dim", min=1, max=64, help="Bottom output width (default 4)."),
-        lr: float = typer.Option(0.01, "--lr"),
+        hidden: str = typer.Option("32,16", "--hidden", help="MLP bottom hidden widths, comma-separated."),
+        out_dim: int = typer.Option(8, "--out-dim", min=1, max=64, help="Bottom output width (the width of Z)."),
+        lr: float = typer.Option(0.003, "--lr", help="Adam learning rate of every bottom and the top."),
         batch_size: int = typer.Option(1024, "--batch-size", min=16),
+        source_dropout: Optional[float] = typer.Option(
+            None, "--source-dropout", min=0.0, max=0.95,
+            help="Chance a non-label source is hidden per row in training, so partial coverage still scores (default 0.15)."),
+        batches_per_round: Optional[int] = typer.Option(
+            None, "--batches-per-round", min=1, help="Mini-batches per Flower round: fewer rounds vs staler gradients (default 4)."),
         label_dp_sigma: float = typer.Option(0.0, "--label-dp-sigma", min=0.0, help="Label DP noise multiplier (0 = off)."),
         label_dp_clip: float = typer.Option(1.0, "--label-dp-clip", min=1e-6),
         seed: int = typer.Option(0, "--seed"),
@@ -147,7 +158,8 @@ def register(train_app: typer.Typer) -> None:
             config, state_dir=state_dir, result_file=result_file, epochs=epochs, top=top,
             model="mlp" if bottom == "mlp" else "logistic", hidden=hidden, out_dim=out_dim, lr=lr,
             batch_size=batch_size, label_dp_sigma=label_dp_sigma, label_dp_clip=label_dp_clip, seed=seed,
-            as_of=as_of, model_name=model_name, declared=app_config_keys(APP_DIR))
+            as_of=as_of, model_name=model_name, declared=app_config_keys(APP_DIR),
+            source_dropout=source_dropout, batches_per_round=batches_per_round)
         console = Console(stderr=as_json)
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                       console=console, transient=True, disable=as_json) as progress:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from participants.datasets.frames import participant_frame
 from participants.features import build_features, parse_records
 from participants.features.build import MONTH_IDX
 from participants.features.labels import LABEL_NAME, binary_labels, labels_from_ledger
@@ -208,6 +209,24 @@ class LocalDataStore:
     def ids(self, as_of: str | None = None) -> list[str]:
         """Sorted ids this holder has data for at ``as_of`` (its PSI input set)."""
         return list(self.features(as_of).index)
+
+
+def holder_data(cfg: ConsortiumConfig, p: ParticipantConfig, as_of: str | None = None
+                ) -> tuple[pd.DataFrame, pd.Series | None]:
+    """One holder's features indexed by USCC and, at a label holder, its labels on the same ids;
+    read from its own folder only (public ``custom`` tables, or the monthly store as of ``as_of``)."""
+    if p.features is None:
+        raise ConfigError(f"participant {p.name!r} holds no data")
+    if p.features.kind == "custom":
+        frame, labels = participant_frame(cfg, p)
+    else:
+        store = LocalDataStore(p, default_as_of=cfg.as_of)
+        frame = store.features(as_of or None)
+        labels = store.labels(as_of or None) if p.holds_labels else None
+    if labels is not None:
+        common = frame.index.intersection(labels.index)
+        frame, labels = frame.loc[common], labels.loc[common]
+    return frame, labels
 
 
 def consortium_stores(cfg: ConsortiumConfig) -> dict[str, LocalDataStore]:

@@ -2,7 +2,8 @@
 
 Each trained version lives in ``<root>/<name>/v<version>/`` as ``bottom.npz`` (weights, plain
 arrays — no pickle) and ``bottom.json`` (architecture, the fitted preprocessor, feature names and
-metadata). Writes go to a temporary folder renamed into place, so a crash never leaves half a model.
+metadata); the label holder adds ``evaluation.npz``, its record of the run's train/validation
+split and validation scores. Writes go to a temporary folder renamed into place, so a crash never leaves half a model.
 The reference ``name:vN`` is the one the coordinator's registry uses for the same training run.
 """
 
@@ -15,7 +16,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,7 @@ from models.preprocessing import Preprocessor
 from models.split import BottomModel
 from protocols.errors import ProtocolError
 
+EVALUATION_FILE = "evaluation.npz"
 _REF = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]{0,63}):v(?P<version>[0-9]{1,9})$")
 
 
@@ -76,7 +78,10 @@ class LocalModelStore:
         preprocessor: Preprocessor,
         feature_names: list[str],
         meta: dict[str, Any] | None = None,
+        *,
+        evaluation: Mapping[str, np.ndarray] | None = None,
     ) -> Path:
+        """Store a version atomically; ``evaluation`` is the label holder's validation record."""
         target = self.path(ref)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
@@ -93,6 +98,8 @@ class LocalModelStore:
                 "meta": meta or {},
             }
             (tmp / "bottom.json").write_text(json.dumps(doc, indent=1))
+            if evaluation is not None:
+                np.savez(tmp / EVALUATION_FILE, **{k: np.asarray(v) for k, v in evaluation.items()})
             if target.exists():
                 shutil.rmtree(target)
             os.replace(tmp, target)
@@ -121,6 +128,19 @@ class LocalModelStore:
             feature_names=list(doc["feature_names"]),
             meta=dict(doc.get("meta", {})),
         )
+
+    def load_evaluation(self, ref: str) -> dict[str, np.ndarray]:
+        """The label holder's validation record of ``ref``: its ids in the run's universe order
+        (``universe_ids``, which with the plan fixes the train/validation split) and the federated
+        logits of the validation rows (``val_logits``). For model validation at the label holder."""
+        path = self.path(ref) / EVALUATION_FILE
+        try:
+            with np.load(path, allow_pickle=False) as arrays:
+                return {k: arrays[k] for k in arrays.files}
+        except FileNotFoundError:
+            raise ModelStoreError(f"{ref!r} in {self.root} has no validation record (only the label holder keeps one)") from None
+        except (ValueError, OSError) as exc:
+            raise ModelStoreError(f"validation record of {ref!r} in {self.root} is unreadable: {exc}") from None
 
     def refs(self) -> list[str]:
         """Every stored reference, oldest version first within a name."""

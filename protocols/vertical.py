@@ -39,6 +39,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from models.metrics import evaluate
+from models.preprocessing import Preprocessor
 from models.split import BottomModel, TopModel, TopSpec
 from protocols.errors import ProtocolViolation
 
@@ -120,6 +121,22 @@ class Schedule:
             rows = self.train[perm[within * self.batch_size : (within + 1) * self.batch_size]]
             out.append(rows)
         return out
+
+
+def bottom_inputs(
+    x: np.ndarray, present: np.ndarray, feature_names: list[str], schedule: Schedule
+) -> tuple[Preprocessor, np.ndarray]:
+    """A party's universe-aligned rows ready for its bottom: preprocessing fitted on the training
+    rows it knows (never on validation rows), applied to every row it knows; absent rows stay 0."""
+    present = np.asarray(present, dtype=bool)
+    fit_rows = schedule.train[present[schedule.train]]
+    if fit_rows.size < 2:
+        raise ProtocolViolation("fewer than 2 of the party's rows are in the training split")
+    pre = Preprocessor.fit(x[fit_rows], feature_names, impute=True, winsorise=(0.01, 0.99))
+    xt = np.zeros_like(x, dtype=np.float64)
+    if present.any():
+        xt[present] = pre.transform(x[present])
+    return pre, xt
 
 
 def _torch_seed(plan: VerticalPlan, name: str) -> int:

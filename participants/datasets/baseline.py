@@ -60,7 +60,7 @@ def train_config(model: ModelName, seed: int) -> TrainConfig:
     return TrainConfig(epochs=60, lr=3e-3, batch_size=1024, weight_decay=1e-4, patience=6, seed=seed)
 
 
-def _score(
+def fit_and_score(
     dataset: str, features: str, model_name: ModelName,
     X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, y_test: np.ndarray, seed: int,
 ) -> BaselineRow:
@@ -107,7 +107,7 @@ def run_vertical(
             np.hstack([parts[n].X_test for n in order]),
         ))
     return [
-        _score(dataset, label, m, Xtr, y_train, Xte, y_test, seed)
+        fit_and_score(dataset, label, m, Xtr, y_train, Xte, y_test, seed)
         for label, Xtr, Xte in feature_sets
         for m in models
     ]
@@ -135,7 +135,7 @@ def run_horizontal(
     for label, X, y in feature_sets:
         pre = Preprocessor.fit(X.to_numpy(), columns, impute=True, winsorise=winsorise)
         for m in models:
-            rows.append(_score(dataset, label, m, pre.transform(X.to_numpy()), y.to_numpy(),
+            rows.append(fit_and_score(dataset, label, m, pre.transform(X.to_numpy()), y.to_numpy(),
                                pre.transform(test_X.to_numpy()), test_y.to_numpy(), seed))
     return rows
 

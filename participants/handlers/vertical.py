@@ -37,15 +37,14 @@ from crypto.identity import IdentityKey, IdentityPublicKey
 from crypto.keywrap import WrapKeyPair, WrapPublicKey, unwrap, wrap
 from crypto.masking import MaskingKey, MaskingSession
 from models.preprocessing import Preprocessor
-from participants.datasets.frames import participant_frame
-from participants.datastore import LocalDataStore
+from participants.datastore import holder_data
 from participants.handlers import psi
 from participants.handlers._common import env_binder, locate, long_term_keys
 from participants.model_store import LocalModelStore
 from protocols.consortium import ConsortiumConfig, ParticipantConfig
 from protocols.errors import ConfigError, ProtocolViolation
 from protocols.psi import PsiResult
-from protocols.vertical import BottomParty, Schedule, TopParty, VerticalPlan, coverage_metrics
+from protocols.vertical import BottomParty, Schedule, TopParty, VerticalPlan, bottom_inputs, coverage_metrics
 from protocols.wire.vertical import (
     K_AS_OF,
     K_COVERAGE,
@@ -144,18 +143,7 @@ def resolve_env(node_config: Mapping[str, Any], run_config: Mapping[str, Any], r
 
 def load_own_data(env: NodeEnv, as_of: str | None) -> tuple[pd.DataFrame, pd.Series | None]:
     """This node's features indexed by USCC (and labels at the label holder), from its own folder only."""
-    p = env.participant
-    assert p.features is not None
-    if p.features.kind == "custom":
-        frame, labels = participant_frame(env.consortium, p)
-    else:
-        store = LocalDataStore(p, default_as_of=env.consortium.as_of)
-        frame = store.features(as_of or None)
-        labels = store.labels(as_of or None) if p.holds_labels else None
-    if labels is not None:
-        common = frame.index.intersection(labels.index)
-        frame, labels = frame.loc[common], labels.loc[common]
-    return frame, labels
+    return holder_data(env.consortium, env.participant, as_of)
 
 
 def _long_term_keys(env: NodeEnv) -> tuple[IdentityKey, WrapKeyPair]:
@@ -235,13 +223,10 @@ class Trainer:
         aligned = _load_npz(env.run_dir / cls._ALIGNED, "aligned data")
         meta = _read_json(env.run_dir / "own.json", "own data description")
         x, present = aligned["x"], aligned["present"].astype(bool)
-        schedule = Schedule.build(plan, x.shape[0])
-        fit_rows = schedule.train[present[schedule.train]]
-        if fit_rows.size < 2:
-            raise ProtocolViolation(f"{env.name}: fewer than 2 of its rows are in the training split")
-        pre = Preprocessor.fit(x[fit_rows], meta["features"], impute=True, winsorise=(0.01, 0.99))
-        xt = np.zeros_like(x)
-        xt[present] = pre.transform(x[present])
+        try:
+            pre, xt = bottom_inputs(x, present, list(meta["features"]), Schedule.build(plan, x.shape[0]))
+        except ProtocolViolation as exc:
+            raise ProtocolViolation(f"{env.name}: {exc}") from None
         _save_npz(env.run_dir / cls._ALIGNED, {**aligned, "xt": xt})
         _write_json(env.run_dir / "preprocessor.json", pre.model_dump(mode="json"))
         bottom = BottomParty(env.name, xt, present, plan, is_label_holder=env.is_label_holder)
@@ -445,6 +430,7 @@ def handle_psi_match(content: RecordDict, env: NodeEnv, state: RecordDict) -> Re
     reply: dict[str, Any] = {K_PARTICIPANT: env.name, K_UNIVERSE: result.size, K_MATCHED: int(result.positions.size)}
     if env.is_label_holder:
         aligned["labels"] = own["labels"][result.rows]
+        aligned["ids"] = own["ids"][result.rows]  # our own ids in universe order: the split record, kept here
         for peer, mask in result.present.items():
             aligned[f"coverage.{peer}"] = mask
         reply[K_PEERS] = list(result.present)
@@ -541,6 +527,7 @@ def handle_final(content: RecordDict, env: NodeEnv) -> RecordDict:
         raise ProtocolViolation(f"{env.name}: final round before training finished")
     out_cfg: dict[str, Any] = {K_PARTICIPANT: env.name}
     metrics: dict[str, Any] = {}
+    evaluation: dict[str, np.ndarray] | None = None
     meta: dict[str, Any] = {"run_id": env.run_id, "plan": trainer.plan.model_dump(mode="json"),
                             "label_holder": env.label_holder, "session": env.session}
     if env.is_label_holder:
@@ -550,7 +537,9 @@ def handle_final(content: RecordDict, env: NodeEnv) -> RecordDict:
         aligned = _load_npz(env.run_dir / "aligned.npz", "aligned data")
         coverage = {env.name: np.ones(val.size, dtype=bool)}
         coverage.update({k.split(".", 1)[1]: v[val].astype(bool) for k, v in aligned.items() if k.startswith("coverage.")})
-        report = coverage_metrics(aligned["labels"][val], trainer.top.logits(z), coverage)
+        val_logits = trainer.top.logits(z)
+        report = coverage_metrics(aligned["labels"][val], val_logits, coverage)
+        evaluation = {"universe_ids": aligned["ids"], "val_logits": val_logits}
         spec = trainer.top.spec()
         out_cfg[K_TOP_SPEC] = json.dumps(spec.to_dict())
         out_cfg[K_COVERAGE] = json.dumps(report)
@@ -561,7 +550,7 @@ def handle_final(content: RecordDict, env: NodeEnv) -> RecordDict:
                 metrics.update({f"{part}-{k}": float(v) for k, v in values.items()})
         meta["top_spec"] = spec.to_dict()
     stored = LocalModelStore(env.state_dir / "models").save_bottom(
-        ref, trainer.bottom.model, trainer.preprocessor, trainer.feature_names, meta)
+        ref, trainer.bottom.model, trainer.preprocessor, trainer.feature_names, meta, evaluation=evaluation)
     out_cfg[K_STORED] = stored.name == f"v{ref.rsplit(':v', 1)[1]}"
     shutil.rmtree(env.run_dir.parent, ignore_errors=True)  # run secrets and aligned rows are no longer needed
     return _reply(out_cfg, None, metrics)

@@ -39,3 +39,19 @@ def test_errors_name_the_problem(tmp_path) -> None:
     store.save_bottom("m:v1", BottomModel(2, 2), pre, ["a", "b"])
     with pytest.raises(ModelStoreError, match="lacks column"):
         store.load_bottom("m:v1").embed(pd.DataFrame({"a": [1.0]}))
+
+
+def test_the_label_holders_validation_record_round_trips_without_pickle(tmp_path) -> None:
+    store = LocalModelStore(tmp_path)
+    pre = Preprocessor.fit(np.ones((4, 2)) * np.arange(4)[:, None], ["a", "b"])
+    ids = np.array(["91350211MA2XXXXX1A", "91350211MA2XXXXX2B"])
+    store.save_bottom("m:v1", BottomModel(2, 2), pre, ["a", "b"],
+                      evaluation={"universe_ids": ids, "val_logits": np.array([0.5, -1.0])})
+    record = store.load_evaluation("m:v1")
+    assert list(record["universe_ids"]) == list(ids) and np.array_equal(record["val_logits"], [0.5, -1.0])
+    store.save_bottom("m:v2", BottomModel(2, 2), pre, ["a", "b"])  # a passive participant keeps none
+    with pytest.raises(ModelStoreError, match="no validation record"):
+        store.load_evaluation("m:v2")
+    (store.path("m:v1") / "evaluation.npz").write_bytes(b"not an npz")
+    with pytest.raises(ModelStoreError, match="unreadable"):
+        store.load_evaluation("m:v1")
