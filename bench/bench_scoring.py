@@ -299,7 +299,8 @@ def _plain_cores():
     from protocols.scoring import Stamp, validate_subjects
 
     class PlainResponder(ResponderCore):
-        def contribute(self, *, key_id, model_ref, lender, layout, usccs, grants, purpose=Purpose.SCORING.value):
+        def contribute(self, *, key_id, model_ref, lender, layout, usccs, grants, purpose=Purpose.SCORING.value,
+                       as_of=""):
             table = self.model(model_ref)
             allowed = [d.allowed for d in self._consent.check_many(list(zip(grants, usccs)), lender=lender,
                                                                     purpose=purpose, holder=self.name)]
@@ -307,7 +308,8 @@ def _plain_cores():
             return [block.T.astype("<f8").tobytes()], table.out_dim, {}
 
     class PlainGateway(GatewayCore):
-        def score(self, lender, key_id, model_ref, usccs, grants, *, timeout=None, request_id="", purpose="scoring"):
+        def score(self, lender, key_id, model_ref, usccs, grants, *, timeout=None, request_id="", purpose="scoring",
+                  as_of=""):
             codes = validate_subjects(usccs, grants, self.limits)
             ref = model_ref or self.default_model
             spec = self.top(ref)

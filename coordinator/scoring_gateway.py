@@ -62,7 +62,6 @@ from protocols.scoring import (
     feature_month,
     grpc_options,
     layout_for,
-    month_kwargs,
     peer_name,
     rpc_errors,
     scoring_purpose,
@@ -431,7 +430,7 @@ class GatewayService(pb_grpc.ScoringGatewayServicer):
                 lender, request.key_id, request.model_ref,
                 [s.uscc for s in request.subjects], [s.grant_json for s in request.subjects],
                 timeout=context.time_remaining(), request_id=request.stamp.request_id, purpose=request.purpose,
-                **month_kwargs(request.as_of),
+                as_of=request.as_of,
             )
         raise AssertionError("unreachable")
 

@@ -54,7 +54,6 @@ from protocols.scoring import (
     UnknownKey,
     UnknownModel,
     feature_month,
-    month_kwargs,
     peer_name,
     rpc_errors,
     scoring_purpose,
@@ -428,7 +427,7 @@ class ResponderService(pb_grpc.ScoringResponderServicer):
                 usccs=[s.uscc for s in request.subjects],
                 grants=[s.grant_json for s in request.subjects],
                 purpose=request.purpose,
-                **month_kwargs(request.as_of),
+                as_of=request.as_of,
             )
             return pb.ContributeResponse(holder=self.core.name, envelopes=envelopes, out_dim=out_dim,
                                          refusals=refusals, as_of=month)

@@ -371,16 +371,6 @@ def feature_month(as_of: str | None) -> str:
     return value
 
 
-def month_kwargs(as_of: str) -> dict[str, str]:
-    """``{"as_of": month}`` when a request names a month, else ``{}``: a request without one reaches a
-    core exactly as before months travelled, so cores written before them (the benchmark's plaintext
-    baseline overrides ``contribute`` and ``score``) keep serving it."""
-    return {"as_of": as_of} if as_of else {}
-
-
-__all__.append("month_kwargs")
-
-
 def validate_subjects(usccs: Sequence[str], grants: Sequence[str], limits: ScoringLimits) -> list[str]:
     """Check a batch before anything else touches it; return normalised USCCs.
 

@@ -25,7 +25,6 @@ from protocols.scoring import (
     ScoreScale,
     UnknownKey,
     grade_for,
-    month_kwargs,
 )
 from tests.participants.test_scoring_responder import EARLIER, LAST, month_pd, monthly_core, monthly_embeddings
 from tests.protocols.test_scoring import cached_world
@@ -70,7 +69,7 @@ class InProcessGateway:
     def score(self, request, timeout):
         return self.core.score("lender", request.key_id, request.model_ref, [s.uscc for s in request.subjects],
                                [s.grant_json for s in request.subjects], timeout=timeout, purpose=request.purpose,
-                               **month_kwargs(request.as_of))
+                               as_of=request.as_of)
 
 
 @pytest.fixture(scope="module")
