@@ -24,6 +24,7 @@ Example (vertical)::
     lends = true
     scoring_address = "127.0.0.1:50061"
     data_dir = "bank"
+    # identity_fingerprint = "<64 hex>"   # optional pin: ``fedscore identity show --state-dir DIR``
     [participants.features]
     schema = "bank"
     label_column = "default_month"
@@ -115,9 +116,22 @@ def _check_month(value: str) -> str:
     return value
 
 
+_FINGERPRINT_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def _check_fingerprint(value: str) -> str:
+    if not _FINGERPRINT_RE.fullmatch(value):
+        raise ValueError(f"must be 64 lowercase hex characters, the SHA-256 fingerprint printed by "
+                         f"'fedscore identity show' (got {len(value)} characters"
+                         f"{', not all lowercase hex' if len(value) == 64 else ''})")
+    return value
+
+
 Address = Annotated[str, AfterValidator(_check_address)]
 """``host:port`` where a service listens (SuperLink, gateway, node, scoring responder)."""
 MonthStr = Annotated[str, AfterValidator(_check_month)]
+Fingerprint = Annotated[str, AfterValidator(_check_fingerprint)]
+"""An Ed25519 identity fingerprint: hex SHA-256 of the raw public key (``crypto.identity.fingerprint_of``)."""
 Name = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")]
 """Participant / coordinator / consortium names: safe in file names, logs and Flower configs."""
 
@@ -268,6 +282,10 @@ class ParticipantConfig(BaseModel):
     """Where this member's scoring responder (gRPC) listens; None for a pure lender."""
     data_dir: Path | None = None
     features: FeatureSchemaConfig | None = None
+    identity_fingerprint: Fingerprint | None = None
+    """Pinned fingerprint of this member's long-term Ed25519 identity (``fedscore identity show``).
+    When set, every holder refuses a relayed identity for this member that does not match it, and
+    this member's own node refuses to run with another key. None: trusted on first use per run."""
 
     @field_validator("data_dir")
     @classmethod
@@ -331,6 +349,14 @@ class ConsortiumConfig(BaseModel):
                 raise FieldProblem(f"participants[{i}].name",
                                    f"{p.name!r} is also the coordinator's name")
             seen[p.name] = i
+        pinned: dict[str, int] = {}
+        for i, p in enumerate(self.participants):
+            if p.identity_fingerprint is None:
+                continue
+            if p.identity_fingerprint in pinned:
+                raise FieldProblem(f"participants[{i}].identity_fingerprint",
+                                   f"the same identity is pinned for participants[{pinned[p.identity_fingerprint]}]")
+            pinned[p.identity_fingerprint] = i
         bound: dict[str, str] = {"coordinator.superlink_address": self.coordinator.superlink_address}
         for key, address in [("coordinator.gateway_address", self.coordinator.gateway_address)] + [
             (f"participants[{i}].{attr}", getattr(p, attr))

@@ -12,10 +12,10 @@ from typing import Any, Callable, Mapping, TypeVar
 
 from flwr.app import Context, RecordDict
 
-from crypto.identity import IdentityKey
+from crypto.identity import IdentityKey, IdentityPublicKey
 from crypto.keywrap import WrapKeyPair
 from protocols.consortium import ConsortiumConfig, ParticipantConfig, load_consortium
-from protocols.errors import ConfigError
+from protocols.errors import ConfigError, ProtocolViolation
 
 Env = TypeVar("Env")
 Handler = Callable[[RecordDict, Context], RecordDict]
@@ -56,6 +56,38 @@ def long_term_keys(keys_dir: Path) -> tuple[IdentityKey, WrapKeyPair]:
     if not wrap_path.exists():
         WrapKeyPair.generate().save(wrap_path)
     return IdentityKey.load(id_path), WrapKeyPair.load(wrap_path)
+
+
+def own_keys(keys_dir: Path, participant: ParticipantConfig) -> tuple[IdentityKey, WrapKeyPair]:
+    """:func:`long_term_keys`, refused when the consortium pins another identity for this node
+    (the node was started on the wrong state directory, or its key was replaced)."""
+    pinned = participant.identity_fingerprint
+    if pinned is not None and not (keys_dir / "identity.key").exists():
+        raise ConfigError(
+            f"participant {participant.name!r}: no identity key in {keys_dir}, but the consortium pins "
+            f"{pinned[:16]}… for this node; wrong state dir? (the key is not created when pinned)"
+        )
+    identity, wrap_pair = long_term_keys(keys_dir)
+    if pinned is not None and identity.fingerprint != pinned:
+        raise ConfigError(
+            f"participant {participant.name!r}: identity key {keys_dir / 'identity.key'} has fingerprint "
+            f"{identity.fingerprint[:16]}…, the consortium pins {pinned[:16]}… for this node; "
+            f"wrong state dir? ('fedscore identity show --state-dir DIR' prints a node's fingerprint)"
+        )
+    return identity, wrap_pair
+
+
+def check_pinned_identity(consortium: ConsortiumConfig, me: str, name: str, identity: IdentityPublicKey) -> None:
+    """An identity the coordinator relayed as ``name``'s, against the fingerprint the consortium
+    pins for ``name`` (if any). ProtocolViolation names the participant, never the key."""
+    try:
+        pinned = consortium.participant(name).identity_fingerprint
+    except ConfigError:
+        raise ProtocolViolation(f"{me}: the coordinator relayed an identity for {name!r}, "
+                                "who is not in the consortium") from None
+    if pinned is not None and identity.fingerprint != pinned:
+        raise ProtocolViolation(f"{me}: the identity relayed for {name!r} does not match the "
+                                "fingerprint the consortium pins for it")
 
 
 def env_binder(

@@ -34,7 +34,7 @@ from models.metrics import evaluate as evaluate_scores
 from models.metrics import roc_points
 from models.training import predict_proba, seed_everything
 from participants.datasets.frames import participant_frame
-from participants.handlers._common import env_binder, locate, long_term_keys
+from participants.handlers._common import check_pinned_identity, env_binder, locate, own_keys
 from protocols.consortium import ConsortiumConfig, ParticipantConfig, validate_settings
 from protocols.errors import ConfigError, ProtocolViolation
 from protocols.wire.horizontal import (
@@ -210,7 +210,7 @@ def load_local_data(env: NodeEnv, *, with_test: bool = False) -> LocalData:
 
 # --- keys ------------------------------------------------------------------------------------
 def _long_term_keys(env: NodeEnv) -> tuple[IdentityKey, WrapKeyPair]:
-    return long_term_keys(env.keys_dir)
+    return own_keys(env.keys_dir, env.participant_config)
 
 
 def _agg_key_path(env: NodeEnv) -> Path:
@@ -341,18 +341,21 @@ def handle_keygen(content: RecordDict, env: NodeEnv) -> RecordDict:
 
 
 def install_wrapped_key(content: RecordDict, env: NodeEnv) -> str | None:
-    """Peer: if the message carries our wrapped aggregation key, verify the holder's signature,
-    unwrap it with our X25519 key and store the secret 0600. Returns the key id installed."""
+    """Peer: if the message carries our wrapped aggregation key, check the relayed holder identity
+    against its pinned fingerprint (if any), verify the holder's signature, unwrap it with our X25519
+    key and store the secret 0600. Returns the key id installed."""
     payload = content.get(REC_PAYLOAD)
     if payload is None or not payload.get(P_WRAPPED):
         return None
     _, wrap_pair = _long_term_keys(env)
     cfg = content[REC_CONFIG]
     holder = str(cfg[K_HOLDER])
+    sender = IdentityPublicKey.from_bytes(payload[P_HOLDER_IDENTITY])
+    check_pinned_identity(env.consortium, env.participant, holder, sender)
     key = AggregationKey.unwrap(
         payload[P_WRAPPED],
         wrap_pair,
-        sender=IdentityPublicKey.from_bytes(payload[P_HOLDER_IDENTITY]),
+        sender=sender,
         sender_id=holder,
         recipient_id=env.participant,
         expected_key_id=str(cfg[K_KEY_ID]),

@@ -14,7 +14,8 @@ Keys: ``<state>/keys/identity.key`` (Ed25519, long-term, shared with horizontal 
 run's masking and wrap announcements; ``<state>/keys/wrap.key`` (X25519, long-term) receives dZ.
 Peer identities are checked against ``identity_fingerprint`` of the consortium entry when the
 config has one; otherwise they are trusted on first use within the run (an honest-but-curious
-coordinator relays them unchanged; a malicious one could substitute keys — pin fingerprints).
+coordinator relays them unchanged; a malicious one could substitute keys — pin fingerprints). A node
+whose own key differs from its pinned fingerprint refuses the run at its first message.
 """
 
 from __future__ import annotations
@@ -39,10 +40,10 @@ from crypto.masking import MaskingKey, MaskingSession
 from models.preprocessing import Preprocessor
 from participants.datastore import holder_data
 from participants.handlers import psi
-from participants.handlers._common import env_binder, locate, long_term_keys
+from participants.handlers._common import check_pinned_identity, env_binder, locate, own_keys
 from participants.model_store import LocalModelStore
 from protocols.consortium import ConsortiumConfig, ParticipantConfig
-from protocols.errors import ConfigError, ProtocolViolation
+from protocols.errors import ProtocolViolation
 from protocols.psi import PsiResult
 from protocols.vertical import BottomParty, Schedule, TopParty, VerticalPlan, bottom_inputs, coverage_metrics
 from protocols.wire.vertical import (
@@ -147,7 +148,7 @@ def load_own_data(env: NodeEnv, as_of: str | None) -> tuple[pd.DataFrame, pd.Ser
 
 
 def _long_term_keys(env: NodeEnv) -> tuple[IdentityKey, WrapKeyPair]:
-    return long_term_keys(env.state_dir / "keys")
+    return own_keys(env.state_dir / "keys", env.participant)
 
 
 # --- persistence of the run between messages -------------------------------------------------------
@@ -295,32 +296,22 @@ def _mask_key(env: NodeEnv, *, create: bool = False) -> MaskingKey:
     return MaskingKey(X25519PrivateKey.from_private_bytes(bytes.fromhex(doc["x25519"])))
 
 
-def _check_pinned(env: NodeEnv, name: str, identity: IdentityPublicKey) -> None:
-    """Compare with a fingerprint pinned in the consortium file, when there is one."""
-    try:
-        pinned = getattr(env.consortium.participant(name), "identity_fingerprint", None)
-    except ConfigError:
-        raise ProtocolViolation(f"{env.name}: directory names {name!r}, who is not in the consortium") from None
-    if pinned and pinned != identity.fingerprint:
-        raise ProtocolViolation(f"{env.name}: identity of {name!r} does not match its pinned fingerprint")
-
-
 def _install_directory(env: NodeEnv, directory: Mapping[str, Mapping[str, Any]]) -> None:
     """Verify every relayed announcement once (round 0) and keep the verified directory."""
     holders = sorted(p.name for p in env.consortium.data_holders)
     if sorted(directory) != holders:
         raise ProtocolViolation(f"{env.name}: directory lists {sorted(directory)}, consortium has {holders}")
+    own_identity, _ = _long_term_keys(env)  # first: a node not on its pinned key says so, not "relayed"
     identities = {}
     wrap_keys = {}
     for name, entry in directory.items():
         identity = IdentityPublicKey.from_bytes(bytes.fromhex(entry["identity"]))
-        _check_pinned(env, name, identity)
+        check_pinned_identity(env.consortium, env.name, name, identity)
         payload = identity.open(entry["wrap"], WRAP_DOMAIN)
         if payload.get("participant") != name or payload.get("session") != env.session:
             raise ProtocolViolation(f"{env.name}: wrap key of {name!r} is signed for another participant or session")
         identities[name] = identity.to_bytes().hex()
         wrap_keys[name] = str(payload["x25519"])
-    own_identity, _ = _long_term_keys(env)
     if identities[env.name] != own_identity.public_key.to_bytes().hex():
         raise ProtocolViolation(f"{env.name}: the directory carries another identity for this node")
     _session(env, {n: e["mask"] for n, e in directory.items()}, identities)  # verifies every signature
@@ -391,6 +382,7 @@ def _psi_step(content: RecordDict, env: NodeEnv, state: RecordDict, own: Mapping
 
 def handle_psi_blind(content: RecordDict, env: NodeEnv, state: RecordDict) -> RecordDict:
     """Read our own rows, keep them in the run folder by position, send our ids blinded and shuffled."""
+    _long_term_keys(env)  # a node on the wrong state dir (not its pinned identity) refuses up front
     if env.run_dir.exists():
         shutil.rmtree(env.run_dir)  # a retried run starts clean
     as_of = str(_config(content).get(K_AS_OF, "")) or None

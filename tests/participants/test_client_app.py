@@ -48,3 +48,50 @@ def test_dp_clips_the_update_and_adds_noise_of_the_configured_scale():
     assert abs(residual.std() - 0.5) < 0.02  # sigma = z * C
     s0 = TrainSettings.model_validate({"dp-noise": 1e-9, "dp-clip": 1.0})
     assert np.linalg.norm(_privatise(local, g, s0, rng)) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_horizontal_peers_check_the_key_holders_pinned_identity(tmp_path):
+    """A peer installs the aggregation key only from the identity pinned for the key holder; a node
+    on another key than its own pin refuses at hello."""
+    from pathlib import Path
+
+    from flwr.app import ConfigRecord, RecordDict
+
+    from crypto.ckks_keys import AggregationKey
+    from crypto.identity import IdentityKey
+    from participants.handlers import horizontal
+    from participants.handlers._common import long_term_keys
+    from protocols.errors import ProtocolViolation
+
+    holder_identity, _ = long_term_keys(tmp_path / "bank_a" / "keys")
+    _, peer_wrap = long_term_keys(tmp_path / "bank_b" / "keys")
+    example = Path(__file__).resolve().parents[2] / "examples" / "fate_horizontal.toml"
+    pinned = example.read_text().replace(
+        'name = "bank_a"\n', f'name = "bank_a"\nidentity_fingerprint = "{holder_identity.fingerprint}"\n', 1)
+    consortium = tmp_path / "consortium.toml"
+    consortium.write_text(pinned)
+
+    def env_of(name: str):
+        node = {"node-name": name, "consortium": str(consortium), "state-dir": str(tmp_path / name)}
+        return horizontal.resolve_env(node, {}, 3)
+
+    key = AggregationKey.generate()
+
+    def message(signer: IdentityKey) -> RecordDict:
+        wrapped = key.wrap_for(peer_wrap.public_key, signer=signer, sender_id="bank_a", recipient_id="bank_b")
+        return RecordDict({
+            horizontal_wire.REC_CONFIG: ConfigRecord({horizontal_wire.K_HOLDER: "bank_a",
+                                                      horizontal_wire.K_KEY_ID: key.key_id}),
+            horizontal_wire.REC_PAYLOAD: ConfigRecord({horizontal_wire.P_WRAPPED: wrapped,
+                                                       horizontal_wire.P_HOLDER_IDENTITY: signer.public_key.to_bytes()}),
+        })
+
+    impostor = IdentityKey.generate()
+    with pytest.raises(ProtocolViolation, match="identity relayed for 'bank_a' does not match") as err:
+        horizontal.install_wrapped_key(message(impostor), env_of("bank_b"))
+    assert impostor.fingerprint[:16] not in str(err.value)
+    assert horizontal.install_wrapped_key(message(holder_identity), env_of("bank_b")) == key.key_id
+
+    consortium.write_text(pinned.replace('name = "bank_b"\n', f'name = "bank_b"\nidentity_fingerprint = "{impostor.fingerprint}"\n', 1))
+    with pytest.raises(ConfigError, match="participant 'bank_b': identity key .*wrong state dir"):
+        horizontal.handle_hello(RecordDict(), env_of("bank_b"))

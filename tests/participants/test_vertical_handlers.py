@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from flwr.app import ConfigRecord, RecordDict
 
+from crypto.identity import IdentityKey, IdentityPublicKey
+from crypto.keywrap import WrapKeyPair
+from crypto.masking import MaskingKey
 from participants.datasets.ids import synthetic_usccs
 from participants.handlers import psi
 from participants.handlers import vertical as handlers
 from protocols.errors import ConfigError, DuplicateIdentifier, InvalidUSCC, ProtocolViolation
 from protocols.psi import Blinded, PsiConfig, decode_messages, encode_messages, route
 from protocols.vertical import VerticalPlan
+from protocols.wire import vertical as vertical_wire
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -159,3 +165,86 @@ def test_trainer_state_survives_a_fresh_process(tmp_path) -> None:
     again.bottom.backward(1, g1b)
     np.testing.assert_allclose(trainer.bottom.embed(np.arange(10)), again.bottom.embed(np.arange(10)))
     assert np.isfinite(again.bottom.embed(np.arange(200))).all()
+
+
+# --- pinned identities -------------------------------------------------------------------------
+def _setup_nodes(tmp_path):
+    """Three nodes (write_consortium) through the real setup handler; returns the consortium file,
+    the relay's view (directory as the coordinator builds it) and a function re-resolving a node's env."""
+    from tests.coordinator.test_vertical_workflow import write_consortium
+
+    path, _ = write_consortium(tmp_path / "data", n=40)
+
+    def env_of(name: str):
+        i = ["bank", "tax", "utility"].index(name)
+        return handlers.resolve_env({"partition-id": i}, {"consortium": str(path), "node-state-root": str(tmp_path / "s")}, 5)
+
+    plan = VerticalPlan(batch_size=32, batches_per_round=2, epochs=2, bottom_hidden=(4,))
+    rng = np.random.default_rng(0)
+    directory = {}
+    for name in ("bank", "tax", "utility"):
+        env = env_of(name)
+        aligned = {"x": rng.normal(size=(200, 2)), "present": np.ones(200, bool)}
+        if env.is_label_holder:
+            aligned["labels"] = (rng.random(200) < 0.3) * 1.0
+        handlers._save_npz(env.run_dir / "aligned.npz", aligned)
+        handlers._write_json(env.run_dir / "own.json", {"features": ["f0", "f1"]})
+        reply = handlers.handle_setup(RecordDict({vertical_wire.REC_CONFIG: ConfigRecord({vertical_wire.K_PLAN: plan.model_dump_json()})}), env)
+        cfg, payload = reply[vertical_wire.REC_CONFIG], reply[vertical_wire.REC_PAYLOAD]
+        directory[name] = {"identity": bytes(payload[vertical_wire.P_IDENTITY_KEY]).hex(),
+                           "mask": json.loads(str(cfg[vertical_wire.K_MASK_ANNOUNCEMENT])),
+                           "wrap": json.loads(str(cfg[vertical_wire.K_WRAP_ANNOUNCEMENT]))}
+    return path, directory, env_of
+
+
+def _pin(path, fingerprints: dict[str, str]) -> None:
+    text = path.read_text()
+    for name, fp in fingerprints.items():
+        text = text.replace(f'name = "{name}"\n', f'name = "{name}"\nidentity_fingerprint = "{fp}"\n', 1)
+    path.write_text(text)
+
+
+def _substituted(directory, env, victim: str):
+    """What an active coordinator can forge: ``victim``'s entry under an identity of its own choosing."""
+    fake = IdentityKey.generate()
+    entry = {"identity": fake.public_key.to_bytes().hex(),
+             "mask": MaskingKey.generate().announce(fake, participant_id=victim, session_id=env.session),
+             "wrap": fake.seal(handlers.WRAP_DOMAIN, {"participant": victim, "session": env.session,
+                                                      "x25519": WrapKeyPair.generate().public_bytes().hex()})}
+    return {**directory, victim: entry}, fake
+
+
+def test_a_substituted_identity_is_refused_when_pinned_and_the_pinned_one_accepted(tmp_path) -> None:
+    path, directory, env_of = _setup_nodes(tmp_path)
+    forged, fake = _substituted(directory, env_of("bank"), "tax")
+    handlers._install_directory(env_of("bank"), forged)  # a valid forgery: unpinned, it is trusted on first use
+
+    fingerprints = {n: IdentityPublicKey.from_bytes(bytes.fromhex(e["identity"])).fingerprint
+                    for n, e in directory.items()}
+    _pin(path, fingerprints)
+    for name in ("bank", "utility"):
+        with pytest.raises(ProtocolViolation, match="identity relayed for 'tax' does not match") as err:
+            handlers._install_directory(env_of(name), forged)
+        assert fake.fingerprint[:16] not in str(err.value) and fingerprints["tax"][:16] not in str(err.value)
+        assert forged["tax"]["identity"][:16] not in str(err.value)
+    for name in ("bank", "tax", "utility"):
+        env = env_of(name)
+        assert env.consortium.participant("tax").identity_fingerprint == fingerprints["tax"]
+        handlers._install_directory(env, directory)
+        kept = json.loads((env.run_dir / "directory.json").read_text())["identities"]
+        assert kept == {n: e["identity"] for n, e in directory.items()}
+
+
+def test_a_node_whose_own_key_is_not_its_pinned_identity_refuses_the_run(tmp_path) -> None:
+    path, directory, env_of = _setup_nodes(tmp_path)
+    _pin(path, {"tax": IdentityKey.generate().fingerprint})
+    env = env_of("tax")
+    start = RecordDict({vertical_wire.REC_CONFIG: ConfigRecord({})})
+    with pytest.raises(ConfigError, match=r"participant 'tax': identity key .*wrong state dir"):
+        handlers.handle_psi_blind(start, env, RecordDict())
+    with pytest.raises(ConfigError, match="wrong state dir"):
+        handlers._install_directory(env, directory)
+    fresh = handlers.NodeEnv(env.participant, env.consortium, env.run_id, tmp_path / "empty", env.data_dir)
+    with pytest.raises(ConfigError, match=r"no identity key in .*wrong state dir"):
+        handlers.handle_psi_blind(start, fresh, RecordDict())
+    assert not (tmp_path / "empty" / "keys" / "identity.key").exists()  # not created when pinned

@@ -127,6 +127,12 @@ def test_dump_then_load_round_trips_and_keeps_relative_dirs(tmp_path: Path) -> N
         ('kind = "tax"\n', 'kind = "tax"\nholds_labels = true\n', "participants[1].features.label_column:",
          "required"),
         ('lends = true\n"""', '"""', "participants[3].features:", "must be a lender"),
+        ('kind = "tax"\n', f'kind = "tax"\nidentity_fingerprint = "{"AB" * 32}"\n',
+         "participants[1].identity_fingerprint:", "64 lowercase hex characters"),
+        ('kind = "tax"\n', 'kind = "tax"\nidentity_fingerprint = "c1b5"\n',
+         "participants[1].identity_fingerprint:", "(got 4 characters)"),
+        ('kind = "tax"\n', f'kind = "tax"\nidentity_fingerprint = "{"ab" * 32}\\n"\n',
+         "participants[1].identity_fingerprint:", "64 lowercase hex characters"),
     ],
 )
 def test_each_mistake_names_file_key_and_problem(
@@ -137,6 +143,23 @@ def test_each_mistake_names_file_key_and_problem(
     message = error_of(tmp_path, text)
     assert key in message, message
     assert problem in message, message
+
+
+def test_identity_fingerprint_is_optional_pinned_and_round_trips(tmp_path: Path) -> None:
+    from crypto.identity import IdentityKey
+
+    bank, tax = IdentityKey.generate().fingerprint, IdentityKey.generate().fingerprint
+    text = VALID.replace('kind = "bank"\n', f'kind = "bank"\nidentity_fingerprint = "{bank}"\n', 1) \
+                .replace('kind = "tax"\n', f'kind = "tax"\nidentity_fingerprint = "{tax}"\n', 1)
+    cfg = load_consortium(write(tmp_path, text))
+    assert cfg.participant("bank").identity_fingerprint == bank
+    assert cfg.participant("tax").identity_fingerprint == tax
+    assert cfg.participant("fate-host").identity_fingerprint is None
+    out = tmp_path / "copy" / "c.toml"
+    dump_consortium(cfg, out)
+    assert f'identity_fingerprint = "{tax}"' in out.read_text() and load_consortium(out) == cfg
+    message = error_of(tmp_path, text.replace(tax, bank))
+    assert "participants[1].identity_fingerprint:" in message and "pinned for participants[0]" in message
 
 
 def test_vertical_needs_exactly_one_label_holder(tmp_path: Path) -> None:
