@@ -35,3 +35,25 @@ def test_uscc_validate_json() -> None:
     assert [r["valid"] for r in rows] == [True, False]
     assert rows[1]["reason"] == "length must be 18, got 6"
     assert result.returncode == 1
+
+
+def test_identity_show_prints_the_fingerprint_to_pin_and_no_private_material(tmp_path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from crypto.identity import IdentityKey
+    from participants.cli import app as participants_app
+
+    first = run("identity", "show", "--state-dir", str(tmp_path / "node"))
+    assert first.returncode == 0, first.stderr
+    assert "created a new identity" in first.stderr
+    key = IdentityKey.load(tmp_path / "node" / "keys" / "identity.key")
+    assert first.stdout.strip() == f'identity_fingerprint = "{key.fingerprint}"'
+    again = CliRunner().invoke(participants_app, ["identity", "show", "--state-dir", str(tmp_path / "node"), "--json"])
+    assert again.exit_code == 0, again.output
+    doc = json.loads(again.stdout)
+    assert doc["fingerprint"] == key.fingerprint and doc["created"] is False  # same key, not a new one
+    assert doc["public_key"] == key.public_key.to_bytes().hex()
+    secret = (tmp_path / "node" / "keys" / "identity.key").read_bytes().split(b"\n")[1].decode()
+    assert secret not in first.stdout + first.stderr + again.output
