@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,7 +111,7 @@ class TrainingSummary(BaseModel):
 class _Setup:
     names: dict[int, str]
     sizes: dict[str, int]
-    wrap_keys: dict[str, bytes]
+    wrap_announcements: dict[str, str]  # identity-sealed, relayed to the key holder unchanged
     identity_keys: dict[str, bytes]
     key_holder: str | None = None
     key_id: str | None = None
@@ -125,7 +126,7 @@ def _hello(grid: Grid, nodes: list[int], cfg: HorizontalConfig) -> _Setup:
         wire.MSG_HELLO, {}, group="setup", timeout=cfg.round_timeout,
     )
     names: dict[int, str] = {}
-    setup = _Setup(names={}, sizes={}, wrap_keys={}, identity_keys={})
+    setup = _Setup(names={}, sizes={}, wrap_announcements={}, identity_keys={})
     shapes = set()
     for r in replies:
         if not r.ok:
@@ -137,7 +138,7 @@ def _hello(grid: Grid, nodes: list[int], cfg: HorizontalConfig) -> _Setup:
             raise ProtocolViolation(f"two nodes claim to be participant {name!r}")
         names[r.node_id] = name
         setup.sizes[name] = int(c[wire.K_NUM_TRAIN])
-        setup.wrap_keys[name] = bytes(p[wire.P_WRAP_KEY])
+        setup.wrap_announcements[name] = str(p[wire.P_WRAP_ANNOUNCEMENT])
         setup.identity_keys[name] = bytes(p[wire.P_IDENTITY_KEY])
         shapes.add((int(c[wire.K_NUM_FEATURES]), int(c[wire.K_NUM_PARAMS])))
     if len(shapes) > 1:
@@ -149,9 +150,12 @@ def _hello(grid: Grid, nodes: list[int], cfg: HorizontalConfig) -> _Setup:
 def _key_setup(grid: Grid, setup: _Setup, cfg: HorizontalConfig) -> None:
     """One participant generates the aggregation key and wraps it for the others.
 
-    Tries holders in name order, so a holder that fails does not end the run. The wrapped keys are
-    relayed on each peer's training messages (see :func:`_attach_pending_key`) -- one message
-    round saved; we cannot open them (X25519 + AES-GCM for the peer, signed by the holder).
+    Each peer's identity and identity-sealed wrap key go to the holder exactly as the peer sent them
+    at hello; the holder verifies them before wrapping. Tries holders in name order, so a holder
+    that fails does not end the run -- but a holder that REFUSES a relayed wrap key does (a key was
+    substituted or mis-signed: a security event, not a dropout). The wrapped keys are relayed on
+    each peer's training messages (see :func:`_attach_pending_key`) -- one message round saved; we
+    cannot open them (X25519 + AES-GCM for the peer, signed by the holder).
     """
     by_name = {name: nid for nid, name in setup.names.items()}
     for holder in sorted(by_name):
@@ -159,12 +163,19 @@ def _key_setup(grid: Grid, setup: _Setup, cfg: HorizontalConfig) -> None:
         content = RecordDict(
             {
                 wire.REC_CONFIG: ConfigRecord({wire.K_PEERS: peers}),
-                wire.REC_PAYLOAD: ConfigRecord({wire.P_PEER_WRAP_KEYS: [setup.wrap_keys[p] for p in peers]}),
+                wire.REC_PAYLOAD: ConfigRecord({
+                    wire.P_PEER_WRAP_ANNOUNCEMENTS: [setup.wrap_announcements[p] for p in peers],
+                    wire.P_PEER_IDENTITIES: [setup.identity_keys[p] for p in peers],
+                }),
             }
         )
         (reply,) = exchange(grid, [(by_name[holder], content)], wire.MSG_KEYGEN, setup.names,
                              group="setup", timeout=cfg.round_timeout)
         if not reply.ok:
+            refused = _refused_peer(reply.error or "")
+            if refused is not None:
+                raise ProtocolViolation(f"key holder {holder} refused the wrap key relayed for participant "
+                                        f"{refused!r} (substituted or not signed by its identity); run stopped")
             continue
         key_id = str(reply.content[wire.REC_CONFIG][wire.K_KEY_ID])  # type: ignore[index]
         payload = reply.content[wire.REC_PAYLOAD]  # type: ignore[index]
@@ -178,6 +189,12 @@ def _key_setup(grid: Grid, setup: _Setup, cfg: HorizontalConfig) -> None:
         setup.public_context = ctx
         return
     raise ProtocolViolation("no participant could generate the aggregation key")
+
+
+def _refused_peer(error: str) -> str | None:
+    """The peer named in a key holder's refusal (``wire.REFUSE_WRAP``), or None for another failure."""
+    match = re.search(re.escape(wire.REFUSE_WRAP) + r" '([^']*)'", error)
+    return match.group(1) if match else None
 
 
 def _attach_pending_key(content: RecordDict, name: str, setup: _Setup) -> None:

@@ -12,13 +12,17 @@ from typing import Any, Callable, Mapping, TypeVar
 
 from flwr.app import Context, RecordDict
 
+from crypto.errors import CryptoError
 from crypto.identity import IdentityKey, IdentityPublicKey
-from crypto.keywrap import WrapKeyPair
+from crypto.keywrap import WrapKeyPair, WrapPublicKey
 from protocols.consortium import ConsortiumConfig, ParticipantConfig, load_consortium
 from protocols.errors import ConfigError, ProtocolViolation
 
 Env = TypeVar("Env")
 Handler = Callable[[RecordDict, Context], RecordDict]
+
+#: Ed25519 domain of a wrap-key announcement (horizontal and vertical; the session names the mode).
+WRAP_DOMAIN = "participant.wrap-key/v1"
 
 
 def locate(node_config: Mapping[str, Any], consortium_path: str, mode: str) -> tuple[ConsortiumConfig, ParticipantConfig]:
@@ -88,6 +92,37 @@ def check_pinned_identity(consortium: ConsortiumConfig, me: str, name: str, iden
     if pinned is not None and identity.fingerprint != pinned:
         raise ProtocolViolation(f"{me}: the identity relayed for {name!r} does not match the "
                                 "fingerprint the consortium pins for it")
+
+
+def announce_wrap_key(identity: IdentityKey, participant: str, session: str, wrap_key: WrapPublicKey) -> dict[str, Any]:
+    """This node's X25519 wrap key, sealed by its identity and bound to its name and the run's
+    session: what it sends (via the coordinator) to whoever will wrap a secret for it."""
+    return identity.seal(WRAP_DOMAIN, {"participant": participant, "session": session,
+                                       "x25519": wrap_key.to_bytes().hex()})
+
+
+def open_wrap_key(consortium: ConsortiumConfig, me: str, name: str, identity: bytes, announcement: Any,
+                  session: str) -> tuple[IdentityPublicKey, WrapPublicKey]:
+    """Verify ``name``'s wrap-key announcement as the coordinator relayed it, with the identity it
+    relayed beside it: that identity against the consortium's pin for ``name`` (if any), the
+    signature, and that it was sealed for ``name`` in this ``session`` (derived locally, never
+    relayed). Only then may a secret be wrapped to the key. ProtocolViolation names ``name``,
+    never a key."""
+    try:
+        sender = IdentityPublicKey.from_bytes(bytes(identity))
+    except (CryptoError, TypeError, ValueError):
+        raise ProtocolViolation(f"{me}: the identity relayed for {name!r} is not an Ed25519 public key") from None
+    check_pinned_identity(consortium, me, name, sender)
+    try:
+        payload = sender.open(announcement, WRAP_DOMAIN)
+    except (CryptoError, TypeError, ValueError):
+        raise ProtocolViolation(f"{me}: the wrap key relayed for {name!r} is not signed by its identity") from None
+    if not isinstance(payload, Mapping) or payload.get("participant") != name or payload.get("session") != session:
+        raise ProtocolViolation(f"{me}: the wrap key relayed for {name!r} is signed for another participant or session")
+    try:
+        return sender, WrapPublicKey.from_bytes(bytes.fromhex(str(payload["x25519"])))
+    except (KeyError, ValueError, CryptoError):
+        raise ProtocolViolation(f"{me}: the wrap key announced for {name!r} is malformed") from None
 
 
 def env_binder(

@@ -34,7 +34,14 @@ from models.metrics import evaluate as evaluate_scores
 from models.metrics import roc_points
 from models.training import predict_proba, seed_everything
 from participants.datasets.frames import participant_frame
-from participants.handlers._common import check_pinned_identity, env_binder, locate, own_keys
+from participants.handlers._common import (
+    announce_wrap_key,
+    check_pinned_identity,
+    env_binder,
+    locate,
+    open_wrap_key,
+    own_keys,
+)
 from protocols.consortium import ConsortiumConfig, ParticipantConfig, validate_settings
 from protocols.errors import ConfigError, ProtocolViolation
 from protocols.wire.horizontal import (
@@ -59,15 +66,17 @@ from protocols.wire.horizontal import (
     P_AGGREGATE,
     P_HOLDER_IDENTITY,
     P_IDENTITY_KEY,
-    P_PEER_WRAP_KEYS,
+    P_PEER_IDENTITIES,
+    P_PEER_WRAP_ANNOUNCEMENTS,
     P_PUBLIC_CONTEXT,
     P_UPDATE,
-    P_WRAP_KEY,
+    P_WRAP_ANNOUNCEMENT,
     P_WRAPPED,
     REC_ARRAYS,
     REC_CONFIG,
     REC_METRICS,
     REC_PAYLOAD,
+    REFUSE_WRAP,
 )
 
 CURVE_POINTS = 51  # ROC / KS curves leave the node as this many summary points, no thresholds
@@ -143,6 +152,11 @@ class NodeEnv:
     @property
     def run_dir(self) -> Path:
         return self.state_dir / "runs" / str(self.run_id)
+
+    @property
+    def session(self) -> str:
+        """What wrap-key announcements are bound to: derived locally, so the relay cannot steer it."""
+        return f"{self.consortium.name}/horizontal/run-{self.run_id}"
 
 
 def resolve_env(node_config: Mapping[str, Any], run_config: Mapping[str, Any], run_id: int) -> NodeEnv:
@@ -295,7 +309,7 @@ def _privatise(theta_local: np.ndarray, theta_global: np.ndarray, s: TrainSettin
 
 # --- handlers --------------------------------------------------------------------------------
 def handle_hello(content: RecordDict, env: NodeEnv) -> RecordDict:
-    """Announce who we are, our public keys and sizes (counts only)."""
+    """Announce who we are, our identity, our wrap key sealed by it (for this run) and sizes (counts only)."""
     identity, wrap_pair = _long_term_keys(env)
     data = load_local_data(env)
     model = build_model(env.settings, data.num_features)
@@ -311,26 +325,52 @@ def handle_hello(content: RecordDict, env: NodeEnv) -> RecordDict:
                 }
             ),
             REC_PAYLOAD: ConfigRecord(
-                {P_WRAP_KEY: wrap_pair.public_bytes(), P_IDENTITY_KEY: identity.public_key.to_bytes()}
+                {
+                    P_WRAP_ANNOUNCEMENT: json.dumps(
+                        announce_wrap_key(identity, env.participant, env.session, wrap_pair.public_key)
+                    ),
+                    P_IDENTITY_KEY: identity.public_key.to_bytes(),
+                }
             ),
         }
     )
 
 
-def handle_keygen(content: RecordDict, env: NodeEnv) -> RecordDict:
-    """Key holder: make the run's aggregation key, wrap it for each named peer, keep the secret."""
-    identity, _ = _long_term_keys(env)
+def _verified_peers(content: RecordDict, env: NodeEnv) -> dict[str, WrapPublicKey]:
+    """Each named peer's wrap key, from its relayed hello announcement, verified (see
+    :func:`~participants.handlers._common.open_wrap_key`); any doubt refuses the whole keygen."""
     cfg, payload = content[REC_CONFIG], content[REC_PAYLOAD]
-    peers = list(cfg.get(K_PEERS, []))
-    peer_keys = list(payload.get(P_PEER_WRAP_KEYS, []))
-    if len(peers) != len(peer_keys):
-        raise ProtocolViolation("keygen: peers and peer keys differ in number")
+    peers = [str(p) for p in cfg.get(K_PEERS, [])]
+    announcements = list(payload.get(P_PEER_WRAP_ANNOUNCEMENTS, []))
+    identities = list(payload.get(P_PEER_IDENTITIES, []))
+    if not len(peers) == len(announcements) == len(identities):
+        raise ProtocolViolation(f"{env.participant}: keygen names {len(peers)} peer(s) but relays "
+                                f"{len(announcements)} wrap key(s) and {len(identities)} identity(ies)")
+    if len(set(peers)) != len(peers) or env.participant in peers:
+        raise ProtocolViolation(f"{env.participant}: keygen peers repeat a name or include this node")
+    verified: dict[str, WrapPublicKey] = {}
+    for peer, announcement, identity in zip(peers, announcements, identities):
+        try:
+            envelope = json.loads(str(announcement))
+            _, verified[peer] = open_wrap_key(env.consortium, env.participant, peer, identity, envelope, env.session)
+        except (ProtocolViolation, ValueError) as exc:
+            detail = str(exc).removeprefix(f"{env.participant}: ") if isinstance(exc, ProtocolViolation) \
+                else "the announcement is not JSON"
+            raise ProtocolViolation(f"{REFUSE_WRAP} {peer!r} by {env.participant}: {detail}") from None
+    return verified
+
+
+def handle_keygen(content: RecordDict, env: NodeEnv) -> RecordDict:
+    """Key holder: verify every peer's relayed wrap-key announcement, then (only then) make the run's
+    aggregation key, wrap it for each peer, keep the secret."""
+    identity, _ = _long_term_keys(env)
+    recipients = _verified_peers(content, env)
     key = AggregationKey.generate()
     env.run_dir.mkdir(parents=True, exist_ok=True)
     key.save(_agg_key_path(env))
     wrapped = [
-        key.wrap_for(WrapPublicKey.from_bytes(pk), signer=identity, sender_id=env.participant, recipient_id=peer)
-        for peer, pk in zip(peers, peer_keys)
+        key.wrap_for(pk, signer=identity, sender_id=env.participant, recipient_id=peer)
+        for peer, pk in recipients.items()
     ]
     return RecordDict(
         {

@@ -40,7 +40,7 @@ from crypto.masking import MaskingKey, MaskingSession
 from models.preprocessing import Preprocessor
 from participants.datastore import holder_data
 from participants.handlers import psi
-from participants.handlers._common import check_pinned_identity, env_binder, locate, own_keys
+from participants.handlers._common import announce_wrap_key, env_binder, locate, open_wrap_key, own_keys
 from participants.model_store import LocalModelStore
 from protocols.consortium import ConsortiumConfig, ParticipantConfig
 from protocols.errors import ProtocolViolation
@@ -87,8 +87,8 @@ from protocols.wire.vertical import (
     ROLE_PEER,
 )
 
-# Ed25519 signature domains of messages between participants (the coordinator only relays them).
-WRAP_DOMAIN = "vertical.wrap-key/v1"
+# Ed25519 signature domains of messages between participants (the coordinator only relays them;
+# wrap-key announcements: participants.handlers._common.announce_wrap_key).
 GRAD_DOMAIN = "vertical.grad/v1"
 
 
@@ -305,13 +305,10 @@ def _install_directory(env: NodeEnv, directory: Mapping[str, Mapping[str, Any]])
     identities = {}
     wrap_keys = {}
     for name, entry in directory.items():
-        identity = IdentityPublicKey.from_bytes(bytes.fromhex(entry["identity"]))
-        check_pinned_identity(env.consortium, env.name, name, identity)
-        payload = identity.open(entry["wrap"], WRAP_DOMAIN)
-        if payload.get("participant") != name or payload.get("session") != env.session:
-            raise ProtocolViolation(f"{env.name}: wrap key of {name!r} is signed for another participant or session")
+        identity, wrap_key = open_wrap_key(env.consortium, env.name, name, bytes.fromhex(entry["identity"]),
+                                           entry["wrap"], env.session)
         identities[name] = identity.to_bytes().hex()
-        wrap_keys[name] = str(payload["x25519"])
+        wrap_keys[name] = wrap_key.to_bytes().hex()
     if identities[env.name] != own_identity.public_key.to_bytes().hex():
         raise ProtocolViolation(f"{env.name}: the directory carries another identity for this node")
     _session(env, {n: e["mask"] for n, e in directory.items()}, identities)  # verifies every signature
@@ -445,8 +442,7 @@ def handle_setup(content: RecordDict, env: NodeEnv) -> RecordDict:
     identity, wrap_pair = _long_term_keys(env)
     mask_key = _mask_key(env, create=True)
     mask_ann = mask_key.announce(identity, participant_id=env.name, session_id=env.session)
-    wrap_ann = identity.seal(WRAP_DOMAIN, {"participant": env.name, "session": env.session,
-                                           "x25519": wrap_pair.public_bytes().hex()})
+    wrap_ann = announce_wrap_key(identity, env.name, env.session, wrap_pair.public_key)
     return _reply(
         {K_PARTICIPANT: env.name, K_NUM_FEATURES: len(trainer.feature_names),
          K_IDENTITY_FINGERPRINT: identity.fingerprint,

@@ -6,8 +6,13 @@ The one definition both sides use: the coordinator (``coordinator.workflows.hori
 
 Exchange, one Flower message round per line (deployment rounds cost seconds, so few and fat):
 
-1. ``query.hfl_hello``      → each node: participant name, X25519 wrap key, Ed25519 identity key, sizes
-2. ``query.hfl_keygen``     → key holder: peers' wrap keys; ← public context + one wrapped key per peer
+1. ``query.hfl_hello``      → each node: participant name, sizes, Ed25519 identity key and its X25519
+                              wrap key in an envelope sealed by that identity (bound to its name and
+                              the run's session, ``participants.handlers._common.announce_wrap_key``)
+2. ``query.hfl_keygen``     → key holder: peers' identity keys and wrap-key envelopes, relayed
+                              unchanged; the holder verifies each (pinned fingerprint, signature,
+                              name, session) before wrapping ← public context + one wrapped key per
+                              peer, or an error containing ``REFUSE_WRAP 'peer'`` (the run stops)
 3. ``train.hfl_fit`` × R    → aggregate of the previous round (ciphertext) and, until a node has
                               answered once, its wrapped aggregation key (relayed, never unwrapped
                               here); ← encrypted weighted update + validation metrics of the model
@@ -42,9 +47,10 @@ K_NUM_VAL = "num-val"
 K_NUM_FEATURES = "num-features"
 K_NUM_PARAMS = "num-params"
 # payload keys
-P_WRAP_KEY = "wrap-key"
+P_WRAP_ANNOUNCEMENT = "wrap-announcement"  # JSON of the identity-sealed X25519 wrap key
 P_IDENTITY_KEY = "identity-key"
-P_PEER_WRAP_KEYS = "peer-wrap-keys"
+P_PEER_WRAP_ANNOUNCEMENTS = "peer-wrap-announcements"  # list, in K_PEERS order
+P_PEER_IDENTITIES = "peer-identities"  # list of raw Ed25519 keys, in K_PEERS order
 P_PUBLIC_CONTEXT = "public-context"
 P_WRAPPED = "wrapped"
 P_HOLDER_IDENTITY = "holder-identity"
@@ -54,6 +60,9 @@ P_UPDATE = "update"
 A_AGGREGATE = "aggregate"
 A_UPDATE = "update"
 A_WEIGHTS = "weights"
+# error text: a key holder that refuses a relayed wrap key starts its error ``<REFUSE_WRAP> '<peer>'``
+# (first, so it survives the prefix and truncation of the error reason the coordinator reads)
+REFUSE_WRAP = "wrap key refused for"
 
 #: every wire name above, by constant name (tests check each ``MSG_*`` has a handler).
 ALL_NAMES: dict[str, str] = {k: v for k, v in dict(globals()).items() if k.isupper() and isinstance(v, str)}

@@ -3,11 +3,12 @@ a stand-in Grid that delivers messages (and can lose some) -- protocol logic wit
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -20,8 +21,11 @@ from coordinator.workflows import horizontal, run_workflow
 from coordinator.workflows import _common as workflows_common
 from crypto.ckks_keys import PublicContext
 from crypto.errors import MissingSecretKey
+from crypto.identity import IdentityKey
+from crypto.keywrap import WrapKeyPair
 from participants.handlers import horizontal as handlers
-from protocols.errors import ConfigError
+from participants.handlers._common import announce_wrap_key, long_term_keys
+from protocols.errors import ConfigError, ProtocolViolation
 from protocols.wire import horizontal as wire
 
 FEATURES = 5
@@ -76,7 +80,11 @@ class _Msg:
 
 @dataclass
 class FakeGrid:
-    """Delivers each message to the participant handler of its node; ``lose`` drops replies."""
+    """Delivers each message to the participant handler of its node; ``lose`` drops replies.
+
+    ``tamper(participant, message_type, content)`` rewrites a message before delivery (an active
+    coordinator); with ``flower_errors`` a handler's exception comes back as Flower reports it (an
+    error reply whose reason is ``<class ...>:<'message'>``) instead of propagating."""
 
     nodes: dict[int, str]
     node_root: Path
@@ -84,6 +92,8 @@ class FakeGrid:
     lose: set[tuple[str, str]] = field(default_factory=set)  # (participant, group)
     fail: set[tuple[str, str]] = field(default_factory=set)
     seen: list[tuple[str, str, str]] = field(default_factory=list)
+    tamper: Callable[[str, str, RecordDict], None] | None = None
+    flower_errors: bool = False
 
     def get_node_ids(self) -> list[int]:
         return list(self.nodes)
@@ -101,7 +111,16 @@ class FakeGrid:
             if (name, m.group_id) in self.fail:
                 out.append(_Msg(RecordDict(), 0, "", "", meta, SimpleNamespace(reason="disk full")))
                 continue
-            reply = handlers.HANDLERS[m.message_type](m.content, ctx)
+            if self.tamper is not None:
+                self.tamper(name, m.message_type, m.content)
+            try:
+                reply = handlers.HANDLERS[m.message_type](m.content, ctx)
+            except Exception as exc:
+                if not self.flower_errors:
+                    raise
+                out.append(_Msg(RecordDict(), 0, "", "", meta,
+                                SimpleNamespace(reason=str(type(exc)) + ":<'" + str(exc) + "'>")))
+                continue
             out.append(_Msg(reply, 0, "", "", meta))
         return out
 
@@ -224,3 +243,101 @@ def test_published_model_is_the_one_the_participants_decrypted(toy, tmp_path):
     np.testing.assert_allclose(published, local, atol=1e-6)
     version = reg.get(summary.version)
     assert set(version.weights_location) == {"participants", "registry"}
+
+
+# --- an active coordinator substituting a wrap key at setup ----------------------------------
+NAMES = ["bank_a", "bank_b", "bank_c"]
+
+
+def _pin_all(tmp_path, context) -> dict[str, IdentityKey]:
+    """Create each node's long-term keys up front and pin their fingerprints in the consortium."""
+    identities = {n: long_term_keys(tmp_path / "nodes" / n / "keys")[0] for n in NAMES}
+    path = Path(context.run_config["consortium"])
+    text = path.read_text()
+    for n, identity in identities.items():
+        text = text.replace(f'name = "{n}"\n', f'name = "{n}"\nidentity_fingerprint = "{identity.fingerprint}"\n', 1)
+    path.write_text(text)
+    return identities
+
+
+def _session(context, run_id: int) -> str:
+    node = {"node-name": "bank_b", "consortium": context.run_config["consortium"]}
+    return handlers.resolve_env(node, context.run_config, run_id).session
+
+
+def _replace_bank_b(content: RecordDict, announcement: dict, identity: bytes | None = None) -> None:
+    """Rewrite bank_b's relayed entry in a keygen message (what a malicious relay would do)."""
+    peers = list(content[wire.REC_CONFIG][wire.K_PEERS])
+    i = peers.index("bank_b")
+    payload = content[wire.REC_PAYLOAD]
+    anns = list(payload[wire.P_PEER_WRAP_ANNOUNCEMENTS])
+    anns[i] = json.dumps(announcement)
+    payload[wire.P_PEER_WRAP_ANNOUNCEMENTS] = anns
+    if identity is not None:
+        ids = list(payload[wire.P_PEER_IDENTITIES])
+        ids[i] = identity
+        payload[wire.P_PEER_IDENTITIES] = ids
+
+
+@pytest.mark.parametrize("attack", ["swap-bytes", "other-identity", "other-session"])
+def test_a_substituted_wrap_key_stops_the_run_naming_the_participant(toy, tmp_path, attack):
+    grid, context = toy(rounds=1)
+    identities = _pin_all(tmp_path, context)
+    attacker = WrapKeyPair.generate()
+
+    def tamper(name: str, message_type: str, content: RecordDict) -> None:
+        if message_type != wire.MSG_KEYGEN:
+            return
+        if attack == "swap-bytes":  # bank_b's own envelope, the X25519 bytes swapped for the relay's
+            i = list(content[wire.REC_CONFIG][wire.K_PEERS]).index("bank_b")
+            doc = json.loads(content[wire.REC_PAYLOAD][wire.P_PEER_WRAP_ANNOUNCEMENTS][i])
+            doc["payload"]["x25519"] = attacker.public_bytes().hex()
+            _replace_bank_b(content, doc)
+        elif attack == "other-identity":  # sealed by the relay's own identity, relayed as bank_b's
+            fake = IdentityKey.generate()
+            _replace_bank_b(content, announce_wrap_key(fake, "bank_b", _session(context, 77), attacker.public_key),
+                            fake.public_key.to_bytes())
+        else:  # bank_b's genuine announcement of another run, replayed
+            _replace_bank_b(content, announce_wrap_key(identities["bank_b"], "bank_b", _session(context, 76),
+                                                       long_term_keys(tmp_path / "nodes" / "bank_b" / "keys")[1].public_key))
+
+    grid.tamper, grid.flower_errors = tamper, True
+    with pytest.raises(ProtocolViolation, match="key holder bank_a refused the wrap key relayed for participant 'bank_b'") as err:
+        run_workflow(grid, context)
+    assert attacker.public_bytes().hex()[:16] not in str(err.value)
+    types = [t for _, t, _ in grid.seen]
+    assert types.count(wire.MSG_KEYGEN) == 1 and wire.MSG_FIT not in types  # no retry with another holder
+    assert not list((tmp_path / "nodes").rglob("*.ckks"))  # no aggregation key was made, nothing wrapped
+    (version,) = ModelRegistry(tmp_path / "coord").list()
+    assert version.status == "failed" and "bank_b" in version.notes
+
+
+def test_pinned_identities_and_an_honest_relay_still_train(toy, tmp_path):
+    grid, context = toy(rounds=2)
+    _pin_all(tmp_path, context)
+    grid.flower_errors = True
+    summary = run_workflow(grid, context)
+    assert summary.key_holder == "bank_a" and summary.coordinator_decrypt_check == "MissingSecretKey"
+    assert summary.final_aggregated["val-auc"] > summary.rounds[0].aggregated["val-auc"]
+
+
+def test_a_key_holder_failing_for_another_reason_is_replaced(toy, tmp_path):
+    """Only a refusal stops the run; a holder that merely fails keygen is skipped (a dropout)."""
+    grid, context = toy(rounds=1)
+
+    def tamper(name: str, message_type: str, content: RecordDict) -> None:
+        if message_type == wire.MSG_KEYGEN and name == "bank_a":
+            content[wire.REC_PAYLOAD][wire.P_PEER_IDENTITIES] = []  # bank_a fails, but refuses no peer
+
+    grid.tamper, grid.flower_errors = tamper, True
+    summary = run_workflow(grid, context)
+    assert summary.key_holder == "bank_b"
+
+
+def test_a_refusal_is_recognised_in_flowers_error_reason_even_for_the_longest_names():
+    longest = "b" + "x" * 63  # consortium names are at most 64 characters
+    message = f"{wire.REFUSE_WRAP} {longest!r} by {longest}: the wrap key relayed for {longest!r} is not signed"
+    simulation = "<class 'flwr.clientapp.client_app.ClientAppException'>:<'\nException ClientAppException occurred. Message: "
+    for reason in (simulation + message + "'>", "<class 'protocols.errors.ProtocolViolation'>:<'" + message + "'>"):
+        assert horizontal._refused_peer(f"error: {reason[:200]}") == longest  # exchange() keeps 200 characters
+    assert horizontal._refused_peer("error: <class 'OSError'>:<'disk full'>") is None

@@ -14,6 +14,7 @@ from crypto.keywrap import WrapKeyPair
 from crypto.masking import MaskingKey
 from participants.datasets.ids import synthetic_usccs
 from participants.handlers import psi
+from participants.handlers._common import announce_wrap_key
 from participants.handlers import vertical as handlers
 from protocols.errors import ConfigError, DuplicateIdentifier, InvalidUSCC, ProtocolViolation
 from protocols.psi import Blinded, PsiConfig, decode_messages, encode_messages, route
@@ -209,8 +210,7 @@ def _substituted(directory, env, victim: str):
     fake = IdentityKey.generate()
     entry = {"identity": fake.public_key.to_bytes().hex(),
              "mask": MaskingKey.generate().announce(fake, participant_id=victim, session_id=env.session),
-             "wrap": fake.seal(handlers.WRAP_DOMAIN, {"participant": victim, "session": env.session,
-                                                      "x25519": WrapKeyPair.generate().public_bytes().hex()})}
+             "wrap": announce_wrap_key(fake, victim, env.session, WrapKeyPair.generate().public_key)}
     return {**directory, victim: entry}, fake
 
 
