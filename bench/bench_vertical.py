@@ -26,7 +26,7 @@ Targets (issue "vertical federated training"): federated AUC ≥ pooled same-mod
 rows within 180 s. ``--quick`` runs a 5,000-SME synthetic consortium only. ``--seeds`` repeats
 every case with other seeds (each run draws a fresh PSI order, hence a fresh split).
 
-Run: ``python -m bench.bench_vertical [--quick] [--json] [--seeds 0 1 2]``.
+Run: ``python -m bench.bench_vertical [--quick] [--json] [--seeds 0 1 2] [--cases fate synth]``.
 """
 
 from __future__ import annotations
@@ -48,6 +48,9 @@ EXTRA_APPROVALS = 0.15
 WALL_30K = 180.0
 POLICY_MAX_PD = 0.07
 """Approve grades A–C (``participants.lender`` grade boundaries: PD 1 / 3 / 7 / 15 %)."""
+CURVE_RATES = (0.5, 0.6, 0.7, 0.9)
+"""Other approval rates the lending row also reports (figures only, no target)."""
+CASES = ("fate", "synth")
 
 
 def _fedscore(*args: str) -> str:
@@ -119,7 +122,9 @@ def _case(name: str, config: Path, state: Path, seed: int) -> list[dict]:
                      "bad_rate_federated": round(c.bad_rate_candidate, 4),
                      "approved_federated_same_risk": c.approved_candidate_same_risk,
                      "extra_approvals": round(c.extra_approvals, 4), "val_rows": int(y.size),
-                     "val_defaults": int(np.sum(y))})
+                     "val_defaults": int(np.sum(y)),
+                     **{f"extra_approvals_at_{int(r * 100)}pct": round(compare(y, bank_only, pds[FEDERATED], r)
+                                                                       .extra_approvals, 4) for r in CURVE_RATES}})
     for r in table:
         rows.append({"case": f"{name} seed {seed}: {r.features} ({r.model})", "target": "", "ok": None,
                      "auc": round(r.auc, 4), "ks": round(r.ks, 4), "gini": round(r.gini, 4), "n_val": r.n_val,
@@ -127,18 +132,20 @@ def _case(name: str, config: Path, state: Path, seed: int) -> list[dict]:
     return rows
 
 
-def run(quick: bool, seeds: tuple[int, ...] = (0,)) -> list[dict]:
+def run(quick: bool, seeds: tuple[int, ...] = (0,), cases: tuple[str, ...] = CASES) -> list[dict]:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench-vertical-") as tmp:
         base = Path(tmp)
         synth_n = 5_000 if quick else 20_000
-        synth = base / f"synth-{synth_n}"
-        _fedscore("synth", "--out", str(synth), "--enterprises", str(synth_n), "--seed", "7", "--json")
-        cases = [(f"synth-{synth_n // 1000}k", synth / "consortium.toml")]
-        if not quick:
-            cases.insert(0, ("fate-vertical", FATE_CONFIG))
+        runs = []
+        if "fate" in cases and not quick:
+            runs.append(("fate-vertical", FATE_CONFIG))
+        if "synth" in cases:
+            synth = base / f"synth-{synth_n}"
+            _fedscore("synth", "--out", str(synth), "--enterprises", str(synth_n), "--seed", "7", "--json")
+            runs.append((f"synth-{synth_n // 1000}k", synth / "consortium.toml"))
         for seed in seeds:
-            for name, config in cases:
+            for name, config in runs:
                 rows += _case(name, config, base / f"{name}-{seed}", seed)
     return rows
 
@@ -160,8 +167,9 @@ def _print_table(rows: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = bench_parser("bench_vertical", __doc__, "a 5,000-SME synthetic consortium only")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (one run each)")
+    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES), help="consortiums to run")
     args = parser.parse_args(argv)
-    return report(run(quick=args.quick, seeds=tuple(args.seeds)), args.json, _print_table)
+    return report(run(quick=args.quick, seeds=tuple(args.seeds), cases=tuple(args.cases)), args.json, _print_table)
 
 
 if __name__ == "__main__":
