@@ -122,8 +122,27 @@ class LocalDataStore:
     def records_path(self) -> Path:
         return self.data_dir / self.schema.records_file
 
+    def _file_version(self) -> tuple[int, int] | None:
+        try:
+            st = self.records_path.stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def refresh(self) -> bool:
+        """Forget what was read if the records file changed since (new months appended by the
+        holder's pipeline); True when it did. Past months' features never change by appending,
+        but a rewritten file may restate them, so callers drop whatever they derived."""
+        read = self.__dict__.get("_read_version")
+        if read is None or read == self._file_version():
+            return False
+        for name in ("_raw", "records", "_read_version"):
+            self.__dict__.pop(name, None)
+        return True
+
     @cached_property
     def _raw(self) -> pd.DataFrame:
+        self.__dict__["_read_version"] = self._file_version()
         frame = _read_csv(self.records_path, id_column=self.schema.id_column)
         source = str(self.records_path)
         expected = [self.schema.id_column, *self.schema.mapping]

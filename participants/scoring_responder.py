@@ -121,6 +121,10 @@ class EmbeddingSource:
     def span(self) -> tuple[str, str] | None:
         return None
 
+    def refresh(self) -> bool:
+        """Look for data newer than :meth:`span` (True when the span may have moved)."""
+        return False
+
     def table(self, ref: str, month: str) -> EmbeddingTable:
         raise NotImplementedError
 
@@ -162,21 +166,37 @@ class MonthlyEmbeddings(EmbeddingSource):
         self._data = data
         self.refs = frozenset(refs) if refs is not None else None
         self.max_months = max_months
-        if data.schema.kind == "custom":
-            self.one_frame = "its data has no months (custom schema)"
-            self._span: tuple[str, str] | None = None
-            self.default_month = data.default_as_of or ""
-        else:
-            latest = data.latest_month()  # DataError when the holder has no records
-            assert latest is not None
-            self._span = (month_str(int(data.records[MONTH_IDX].min())), latest)
-            self.default_month = data.default_as_of or latest
+        self._span: tuple[str, str] | None = None
         self._tables: OrderedDict[tuple[str, str], EmbeddingTable] = OrderedDict()
         self._pending: dict[tuple[str, str], Future] = {}
         self._lock = threading.Lock()
+        if data.schema.kind == "custom":
+            self.one_frame = "its data has no months (custom schema)"
+            self.default_month = data.default_as_of or ""
+        else:
+            self._read_span()
+
+    def _read_span(self) -> None:
+        latest = self._data.latest_month()  # DataError when the holder has no records
+        assert latest is not None
+        self._span = (month_str(int(self._data.records[MONTH_IDX].min())), latest)
+        self.default_month = self._data.default_as_of or latest
 
     def span(self) -> tuple[str, str] | None:
         return self._span
+
+    def refresh(self) -> bool:
+        """Re-read the holder's data when its records file changed (a new month arrived), so
+        monitoring goes on month after month without restarting the responder; every table built
+        from the old file is dropped (a rewritten file may restate past months)."""
+        if self._span is None:
+            return False
+        with self._lock:
+            if not self._data.refresh():
+                return False
+            self._tables.clear()
+            self._read_span()
+        return True
 
     def cached(self) -> list[tuple[str, str]]:
         """(month, model) pairs held, least recently used first."""
@@ -339,6 +359,11 @@ class ResponderCore:
                     f"served {f'as of {default}' if default else 'to requests naming no month'} only")
             return month
         first, last = span
+        if month_index(month) > month_index(last) and self.embeddings.refresh():
+            month = asked or self.embeddings.default_month
+            span = self.embeddings.span()
+            assert span is not None
+            first, last = span
         if month_index(month) > month_index(last):
             raise MonthNotAvailable(f"month {month} is beyond {self.name}'s data, which ends at {last}")
         if month_index(month) < month_index(first):

@@ -317,6 +317,29 @@ def test_each_month_is_served_from_that_months_features(world, keys, monthly) ->
         assert np.max(np.abs(_decrypt_block(keys, envelopes, 3, d) - table.matrix[[table.index[u] for u in known]])) < 1e-5
 
 
+def test_a_month_that_arrives_later_is_served_without_a_restart(world, keys, tmp_path) -> None:
+    import pandas as pd
+
+    part = next(p for p in world.cfg.participants if p.name == HOLDER)
+    records = Path(part.data_dir) / part.features.records_file
+    full = pd.read_csv(records, dtype=str, keep_default_na=False)
+    copy = part.model_copy(update={"data_dir": tmp_path})
+    target = tmp_path / part.features.records_file
+    full[full[part.features.month_column] != LAST].to_csv(target, index=False)  # LAST not delivered yet
+    core = ResponderCore(HOLDER, MonthlyEmbeddings(world.store(HOLDER), LocalDataStore(copy), refs=[world.model_ref]),
+                         AllowAll())
+    assert core.month("") == EARLIER
+    with pytest.raises(MonthNotAvailable, match=f"month {LAST} is beyond {HOLDER}'s data, which ends at {EARLIER}"):
+        core.month(LAST)
+    full.to_csv(target, index=False)  # the holder's pipeline appends the new month
+    assert core.month(LAST) == LAST and core.month("") == LAST
+    table = core.model(world.model_ref, LAST)
+    bottom = world.store(HOLDER).load_bottom(world.model_ref)
+    assert np.max(np.abs(table.matrix - bottom.embed(_holder_features(world, LAST)))) < 1e-9
+    with pytest.raises(MonthNotAvailable, match="which ends at 2024-12"):
+        core.month("2025-01")  # still nothing newer
+
+
 def test_months_it_cannot_serve_are_refused_before_consent_is_used(world, keys, monthly) -> None:
     calls: list[int] = []
 
