@@ -92,6 +92,20 @@ def build_run_config(
     return cfg
 
 
+def challenger_text(summary: dict[str, Any]) -> str:
+    """The label holder's own-features model on the same rows, and what federation adds to lending."""
+    alone = summary.get("label_holder_alone")
+    if not alone:
+        return ""
+    text = f"\n{summary['label_holder']} alone (same recipe, same rows): AUC {alone['auc']:.4f}"
+    lending = alone.get("lending")
+    if lending:
+        text += (f"; approving PD < {alone['approve_below_pd']:.0%} ({lending['approval_rate']:.0%} of applicants) "
+                 f"its bad rate is {lending['bad_rate_reference']:.2%}, federated {lending['bad_rate_candidate']:.2%}; "
+                 f"at its bad rate the federated model approves {lending['extra_approvals']:+.1%}")
+    return text
+
+
 def metrics_table(summary: dict[str, Any]) -> Table:
     table = Table(title=f"vertical training {summary.get('version') or ''} — validation ({summary['val_rows']:,} held-out rows)")
     for col in ("enterprises", "n", "defaults", "AUC", "KS", "Gini"):
@@ -110,7 +124,7 @@ def metrics_table(summary: dict[str, Any]) -> Table:
     matched = ", ".join(f"{p} {n:,}" for p, n in summary["matched"].items())
     table.caption = (f"universe {summary['universe']:,} ({summary['label_holder']}); shared: {matched}\n"
                      f"{stages}; total {summary['total_rounds']} rounds, {summary['seconds']:.1f}s{dp_text}; "
-                     f"top {summary['top_kind']}")
+                     f"top {summary['top_kind']}{challenger_text(summary)}")
     return table
 
 

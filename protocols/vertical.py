@@ -282,6 +282,16 @@ def label_dp_epsilon(plan: VerticalPlan, n_train: int, rounds: int, delta: float
     return rho + 2.0 * math.sqrt(rho * math.log(1.0 / delta))
 
 
+def train_alone(x: np.ndarray, present: np.ndarray, labels: np.ndarray, plan: VerticalPlan
+                ) -> tuple[BottomParty, TopParty]:
+    """One bottom over ``x`` plus the plan's top, trained in one place on the plan's schedule: the
+    label holder's own challenger (its features alone) and the centralised yardsticks."""
+    party = BottomParty("alone", x, present, plan, is_label_holder=True)
+    top = TopParty(labels, plan)
+    run_in_process({"alone": party}, top, "alone")
+    return party, top
+
+
 def coverage_metrics(
     labels: np.ndarray, logits: np.ndarray, coverage: dict[str, np.ndarray]
 ) -> dict[str, dict[str, float] | None]:

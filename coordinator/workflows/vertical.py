@@ -130,6 +130,8 @@ class VerticalSummary(BaseModel):
     train_loss: list[float]
     metrics: dict[str, dict[str, float] | None]
     label_dp: dict[str, float] | None
+    label_holder_alone: dict[str, Any] | None = Field(
+        default=None, description="the label holder's own-features model on the same held-out rows, with lending value")
     top_kind: str
     bottoms_stored: list[str]
     seconds: float
@@ -268,7 +270,7 @@ class VerticalWorkflow:
         return sum_masked(vectors, round_tag=tag)
 
     # -- stage 4 --------------------------------------------------------------------------------------
-    def evaluate(self, ref: str) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    def evaluate(self, ref: str) -> tuple[dict[str, Any], dict[str, Any], list[str], dict[str, Any] | None]:
         run = self.run
         assert run.z_val is not None
         t0 = time.monotonic()
@@ -282,7 +284,8 @@ class VerticalWorkflow:
         stored = sorted(n for n, c in replies.items() if bool(c[w.REC_CONFIG].get(w.K_STORED, False)))
         lh = replies[run.label_holder][w.REC_CONFIG]
         run.stage("eval", t0, 1)
-        return json.loads(str(lh[w.K_COVERAGE])), json.loads(str(lh[w.K_TOP_SPEC])), stored
+        challenger = json.loads(str(lh[w.K_CHALLENGER])) if w.K_CHALLENGER in lh else None
+        return json.loads(str(lh[w.K_COVERAGE])), json.loads(str(lh[w.K_TOP_SPEC])), stored, challenger
 
 
 # --- entry point -------------------------------------------------------------------------------------
@@ -316,14 +319,15 @@ def run(grid: Grid, context: Context) -> VerticalSummary:
         flow.setup()
         flow.train()
         ref = version.ref if version is not None else f"{cfg.model_name}:v{max(run_id, 1) % 10**9}"
-        metrics, top_spec, stored = flow.evaluate(ref)
-        summary = _summary(state, version, metrics, top_spec, stored, started)
+        metrics, top_spec, stored, challenger = flow.evaluate(ref)
+        summary = _summary(state, version, metrics, top_spec, stored, started, challenger)
         if registry is not None and version is not None:
             registry.complete(
                 version,
                 metrics={"coverage": metrics, "stages": {k: v.model_dump() for k, v in state.stages.items()},
                          "label_dp": summary.label_dp, "train_loss": summary.train_loss,
-                         "psi": {"universe": summary.universe, "matched": summary.matched}},
+                         "psi": {"universe": summary.universe, "matched": summary.matched},
+                         "label_holder_alone": summary.label_holder_alone},
                 weights_location={"top_spec": top_spec, "participants": sorted(state.names.values()),
                                   "bottoms": "local model stores"},
                 participants=sorted(state.names.values()),
@@ -344,7 +348,7 @@ def _public_config(cfg: VerticalRunConfig, plan: VerticalPlan) -> dict[str, Any]
 
 
 def _summary(state: VerticalRun, version: ModelVersion | None, metrics: dict[str, Any], top_spec: dict[str, Any],
-             stored: list[str], started: float) -> VerticalSummary:
+             stored: list[str], started: float, challenger: dict[str, Any] | None = None) -> VerticalSummary:
     assert state.schedule is not None
     plan = state.plan
     epsilon = label_dp_epsilon(plan, state.schedule.train.size, state.schedule.rounds, state.cfg.dp_delta)
@@ -366,6 +370,7 @@ def _summary(state: VerticalRun, version: ModelVersion | None, metrics: dict[str
         metrics=metrics,
         label_dp=None if epsilon is None else {"sigma": plan.label_dp_sigma, "clip": plan.label_dp_clip,
                                                "epsilon": epsilon, "delta": state.cfg.dp_delta},
+        label_holder_alone=challenger,
         top_kind=str(top_spec.get("kind")),
         bottoms_stored=stored,
         seconds=round(time.monotonic() - started, 3),

@@ -33,7 +33,7 @@ from participants.datastore import holder_data
 from participants.model_store import LocalModelStore
 from protocols.consortium import ConsortiumConfig
 from protocols.errors import ProtocolViolation
-from protocols.vertical import BottomParty, Schedule, TopParty, VerticalPlan, bottom_inputs, run_in_process
+from protocols.vertical import Schedule, VerticalPlan, bottom_inputs, train_alone
 
 POOLED = "pooled"
 FEDERATED = "federated"
@@ -122,9 +122,7 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 def recipe_pd(data: AlignedData, plan: VerticalPlan, x: np.ndarray, present: np.ndarray) -> np.ndarray:
     """Validation PDs of one bottom (over ``x``) + the plan's top, trained centrally on the run's schedule."""
     with torch_threads(1):
-        party = BottomParty("central", x, present, plan, is_label_holder=True)
-        top = TopParty(data.labels, plan)
-        run_in_process({"central": party}, top, "central")
+        party, top = train_alone(x, present, data.labels, plan)
         return _sigmoid(top.logits(party.embed(data.schedule.val)).reshape(-1))
 
 

@@ -37,6 +37,9 @@ from flwr.app import ConfigRecord, Context, MetricRecord, RecordDict
 from crypto.identity import IdentityKey, IdentityPublicKey
 from crypto.keywrap import WrapKeyPair, WrapPublicKey, unwrap, wrap
 from crypto.masking import MaskingKey, MaskingSession
+from models.errors import InvalidInput
+from models.lending import compare, policy_approval_rate
+from models.metrics import evaluate
 from models.preprocessing import Preprocessor
 from participants.datastore import holder_data
 from participants.handlers import psi
@@ -45,9 +48,19 @@ from participants.model_store import LocalModelStore
 from protocols.consortium import ConsortiumConfig, ParticipantConfig
 from protocols.errors import ProtocolViolation
 from protocols.psi import PsiResult
-from protocols.vertical import BottomParty, Schedule, TopParty, VerticalPlan, bottom_inputs, coverage_metrics
+from protocols.scoring import GRADE_BANDS, sigmoid
+from protocols.vertical import (
+    BottomParty,
+    Schedule,
+    TopParty,
+    VerticalPlan,
+    bottom_inputs,
+    coverage_metrics,
+    train_alone,
+)
 from protocols.wire.vertical import (
     K_AS_OF,
+    K_CHALLENGER,
     K_COVERAGE,
     K_DIRECTORY,
     K_IDENTITY_FINGERPRINT,
@@ -506,6 +519,32 @@ def handle_step(content: RecordDict, env: NodeEnv) -> RecordDict:
     return _reply(out_cfg, out_payload, metrics)
 
 
+APPROVE_BELOW_PD = dict(GRADE_BANDS)["C"]
+"""The challenger's lending policy: approve grades A–C."""
+
+
+def challenger_report(aligned: Mapping[str, np.ndarray], val: np.ndarray, val_logits: np.ndarray,
+                      plan: VerticalPlan) -> dict[str, Any] | None:
+    """What federation is worth to the label holder, measured at the label holder alone: the model
+    it would have without the consortium (its own features, the same recipe and training rows),
+    against the federated one on the same held-out rows. Only these aggregates leave the node."""
+    y = aligned["labels"][val]
+    if y.min() == y.max():
+        return None
+    torch.set_num_threads(1)
+    bottom, top = train_alone(aligned["xt"], aligned["present"].astype(bool), aligned["labels"], plan)
+    alone = sigmoid(top.logits(bottom.embed(val)).reshape(-1))
+    m = evaluate(y, alone)
+    out: dict[str, Any] = {"auc": m.auc, "ks": m.ks, "gini": m.gini, "approve_below_pd": APPROVE_BELOW_PD,
+                           "lending": None}
+    try:
+        rate = policy_approval_rate(alone, APPROVE_BELOW_PD)
+        out["lending"] = compare(y, alone, sigmoid(np.asarray(val_logits).reshape(-1)), rate).as_dict()
+    except InvalidInput:  # the challenger approves nobody at that PD
+        pass
+    return out
+
+
 def handle_final(content: RecordDict, env: NodeEnv) -> RecordDict:
     """Keep the bottom in the local model store; the label holder also scores the validation rows."""
     cfg, payload = _config(content), _payload(content)
@@ -531,6 +570,7 @@ def handle_final(content: RecordDict, env: NodeEnv) -> RecordDict:
         spec = trainer.top.spec()
         out_cfg[K_TOP_SPEC] = json.dumps(spec.to_dict())
         out_cfg[K_COVERAGE] = json.dumps(report)
+        out_cfg[K_CHALLENGER] = json.dumps(challenger_report(aligned, val, val_logits, trainer.plan))
         losses = trainer.top.losses
         metrics.update({"val-n": int(val.size), "train-loss-first": float(losses[0]), "train-loss-last": float(losses[-1])})
         for part, values in report.items():

@@ -59,6 +59,7 @@ K_DIRECTORY = "directory"  # JSON: {name: {identity, mask, wrap}} relayed to eve
 K_VERSION = "version"  # model reference name:vN under which bottoms are stored
 K_TOP_SPEC = "top-spec"  # JSON of models.split.TopSpec (label holder, final round)
 K_COVERAGE = "coverage"  # JSON of coverage_metrics (label holder, final round)
+K_CHALLENGER = "challenger"  # JSON: the label holder's own-features model on the same rows, and lending value
 K_STORED = "stored"  # the node saved its bottom under K_VERSION
 # payload keys
 P_IDENTITY_KEY = "identity-key"

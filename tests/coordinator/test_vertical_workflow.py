@@ -142,6 +142,11 @@ def test_split_training_beats_the_label_holder_alone_and_everything_is_recorded(
     # the bank's own features are noise: everything above 0.5 comes from the other holders
     assert summary.metrics["all"]["auc"] > 0.75
     assert summary.metrics["full_coverage"]["auc"] > summary.metrics["partial_coverage"]["auc"] - 0.1
+    # the bank's own challenger (its features alone, same recipe and rows) is near chance; at a 40 %
+    # default rate it approves nobody below PD 7 %, so there is no lending comparison to make
+    alone = summary.label_holder_alone
+    assert alone is not None and alone["auc"] < 0.6 and summary.metrics["all"]["auc"] > alone["auc"] + 0.1
+    assert alone["approve_below_pd"] == 0.07 and alone["lending"] is None
     # rounds: 3 PSI + 1 setup + (R + 2) training + 1 final, each stage timed
     assert summary.stages["psi"].rounds == 3 and summary.stages["setup"].rounds == 1
     assert summary.stages["training"].rounds == summary.forward_rounds + 2

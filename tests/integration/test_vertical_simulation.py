@@ -71,3 +71,9 @@ def _yardsticks_use_the_runs_own_split(config, state, summary) -> None:
     assert {r.n_val for r in rows} == {reported["n"]} and {r.val_positives for r in rows} == {reported["positives"]}
     assert set(by_name) == {"federated", "pooled", "bank alone", "tax alone", "platform alone", "utility alone"}
     assert by_name["pooled"].auc > 0.65 and all(p.shape == (summary["val_rows"],) for p in pds.values())
+    # the bank's in-run challenger is the same model as its yardstick: same recipe, rows and weights
+    alone = summary["label_holder_alone"]
+    assert alone["auc"] == pytest.approx(by_name["bank alone"].auc, abs=1e-9)
+    lending = alone["lending"]
+    assert lending["n"] == reported["n"] and 0.0 < lending["approval_rate"] <= 1.0
+    assert lending["approved_candidate_same_risk"] >= 0 and lending["bad_rate_reference"] >= 0.0
