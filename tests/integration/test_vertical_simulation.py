@@ -31,7 +31,7 @@ def test_train_vertical_in_simulation(tmp_path) -> None:
     train_app.command("noop")(lambda: None)  # a group with two commands keeps "vertical" as a sub-command
     state = tmp_path / "coordinator"
     result = CliRunner().invoke(train_app, [
-        "vertical", "--config", str(tmp_path / "synth" / "consortium.toml"), "--epochs", "8", "--batch-size", "256",
+        "vertical", "--config", str(tmp_path / "synth" / "consortium.toml"), "--epochs", "8", "--batch-size", "512",
         "--lr", "0.02", "--hidden", "16", "--out-dim", "4", "--state-dir", str(state), "--json", "--timeout", "360",
     ])
     assert result.exit_code == 0, result.output + repr(result.exception)
