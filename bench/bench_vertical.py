@@ -47,7 +47,8 @@ SINGLE_GAIN = 0.02
 EXTRA_APPROVALS = 0.15
 WALL_30K = 180.0
 POLICY_MAX_PD = 0.07
-"""Approve grades A–C (``participants.lender`` grade boundaries: PD 1 / 3 / 7 / 15 %)."""
+"""Approve grades A–C (``protocols.scoring.GRADE_BANDS``: PD 1 / 3 / 7 / 15 %), the default of
+``VerticalPlan.approve_below_pd`` that each run's own challenger report uses too."""
 CURVE_RATES = (0.5, 0.6, 0.7, 0.9)
 """Other approval rates the lending row also reports (figures only, no target)."""
 CASES = ("fate", "synth")

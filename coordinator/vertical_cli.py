@@ -53,6 +53,7 @@ def build_run_config(
     as_of: str | None,
     source_dropout: float | None = None,
     batches_per_round: int | None = None,
+    approve_below_pd: float | None = None,
     model_name: str,
     declared: set[str],
 ) -> dict[str, Any]:
@@ -82,6 +83,8 @@ def build_run_config(
         extra["source_dropout"] = source_dropout
     if batches_per_round is not None:
         extra["batches_per_round"] = batches_per_round
+    if approve_below_pd is not None:
+        extra["approve_below_pd"] = approve_below_pd
     if extra:
         cfg["vertical-plan"] = json.dumps(extra)
     if as_of:
@@ -147,6 +150,9 @@ def register(train_app: typer.Typer) -> None:
             help="Chance a non-label source is hidden per row in training, so partial coverage still scores (default 0.15)."),
         batches_per_round: Optional[int] = typer.Option(
             None, "--batches-per-round", min=1, help="Mini-batches per Flower round: fewer rounds vs staler gradients (default 4)."),
+        approve_below_pd: Optional[float] = typer.Option(
+            None, "--approve-below-pd", min=0.001, max=0.999,
+            help="Lending policy for the label holder's challenger report: approve below this PD (default 0.07, grades A-C)."),
         label_dp_sigma: float = typer.Option(0.0, "--label-dp-sigma", min=0.0, help="Label DP noise multiplier (0 = off)."),
         label_dp_clip: float = typer.Option(1.0, "--label-dp-clip", min=1e-6),
         seed: int = typer.Option(0, "--seed"),
@@ -173,7 +179,7 @@ def register(train_app: typer.Typer) -> None:
             model="mlp" if bottom == "mlp" else "logistic", hidden=hidden, out_dim=out_dim, lr=lr,
             batch_size=batch_size, label_dp_sigma=label_dp_sigma, label_dp_clip=label_dp_clip, seed=seed,
             as_of=as_of, model_name=model_name, declared=app_config_keys(APP_DIR),
-            source_dropout=source_dropout, batches_per_round=batches_per_round)
+            source_dropout=source_dropout, batches_per_round=batches_per_round, approve_below_pd=approve_below_pd)
         console = Console(stderr=as_json)
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                       console=console, transient=True, disable=as_json) as progress:

@@ -67,6 +67,8 @@ class VerticalPlan(BaseModel):
     label_dp_sigma: float = Field(default=0.0, ge=0, description="noise multiplier; 0 disables")
     label_dp_clip: float = Field(default=1.0, gt=0)
     val_fraction: float = Field(default=0.2, gt=0, lt=1)
+    approve_below_pd: float = Field(
+        default=0.07, gt=0, lt=1, description="lending policy of the label holder's challenger report (0.07: grades A-C)")
     seed: int = 0
 
     @model_validator(mode="after")

@@ -48,7 +48,7 @@ from participants.model_store import LocalModelStore
 from protocols.consortium import ConsortiumConfig, ParticipantConfig
 from protocols.errors import ProtocolViolation
 from protocols.psi import PsiResult
-from protocols.scoring import GRADE_BANDS, sigmoid
+from protocols.scoring import sigmoid
 from protocols.vertical import (
     BottomParty,
     Schedule,
@@ -519,10 +519,6 @@ def handle_step(content: RecordDict, env: NodeEnv) -> RecordDict:
     return _reply(out_cfg, out_payload, metrics)
 
 
-APPROVE_BELOW_PD = dict(GRADE_BANDS)["C"]
-"""The challenger's lending policy: approve grades A–C."""
-
-
 def challenger_report(aligned: Mapping[str, np.ndarray], val: np.ndarray, val_logits: np.ndarray,
                       plan: VerticalPlan) -> dict[str, Any] | None:
     """What federation is worth to the label holder, measured at the label holder alone: the model
@@ -535,10 +531,10 @@ def challenger_report(aligned: Mapping[str, np.ndarray], val: np.ndarray, val_lo
     bottom, top = train_alone(aligned["xt"], aligned["present"].astype(bool), aligned["labels"], plan)
     alone = sigmoid(top.logits(bottom.embed(val)).reshape(-1))
     m = evaluate(y, alone)
-    out: dict[str, Any] = {"auc": m.auc, "ks": m.ks, "gini": m.gini, "approve_below_pd": APPROVE_BELOW_PD,
+    out: dict[str, Any] = {"auc": m.auc, "ks": m.ks, "gini": m.gini, "approve_below_pd": plan.approve_below_pd,
                            "lending": None}
     try:
-        rate = policy_approval_rate(alone, APPROVE_BELOW_PD)
+        rate = policy_approval_rate(alone, plan.approve_below_pd)
         out["lending"] = compare(y, alone, sigmoid(np.asarray(val_logits).reshape(-1)), rate).as_dict()
     except InvalidInput:  # the challenger approves nobody at that PD
         pass

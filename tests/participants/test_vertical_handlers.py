@@ -248,3 +248,23 @@ def test_a_node_whose_own_key_is_not_its_pinned_identity_refuses_the_run(tmp_pat
     with pytest.raises(ConfigError, match=r"no identity key in .*wrong state dir"):
         handlers.handle_psi_blind(start, fresh, RecordDict())
     assert not (tmp_path / "empty" / "keys" / "identity.key").exists()  # not created when pinned
+
+
+def test_the_challenger_report_compares_the_label_holders_own_model_at_its_policy() -> None:
+    rng = np.random.default_rng(0)
+    n = 2_000
+    risk = rng.normal(size=n)
+    own = risk[:, None] * 0.4 + rng.normal(size=(n, 2))  # the bank's features: weak signal
+    labels = (rng.random(n) < 1 / (1 + np.exp(-(1.5 * risk - 2.2)))).astype(float)
+    plan = VerticalPlan(epochs=3, batch_size=256, lr=0.02, approve_below_pd=0.25)
+    val = handlers.Schedule.build(plan, n).val
+    aligned = {"xt": own, "present": np.ones(n, bool), "labels": labels}
+    strong = 2.0 * risk[val] - 2.2  # a federated model that sees the risk itself
+    report = handlers.challenger_report(aligned, val, strong, plan)
+    assert 0.5 < report["auc"] < 0.8 and report["approve_below_pd"] == 0.25
+    lending = report["lending"]
+    assert lending["n"] == val.size and lending["bad_rate_candidate"] < lending["bad_rate_reference"]
+    assert lending["extra_approvals"] > 0
+    strict = handlers.challenger_report(aligned, val, strong, plan.model_copy(update={"approve_below_pd": 0.001}))
+    assert strict["lending"] is None and strict["auc"] == pytest.approx(report["auc"])  # nobody approved
+    assert handlers.challenger_report({**aligned, "labels": np.zeros(n)}, val, strong, plan) is None
