@@ -68,7 +68,9 @@ def train_vertical(ctx: DemoContext) -> str:
     ctx.results["vertical"] = summary
     m = summary["metrics"]["all"]
     rounds = summary["total_rounds"]
-    return (f"{summary['version']}: AUC {m['auc']:.3f} KS {m['ks']:.3f} on {int(m['n'])} held-out; "
+    alone = summary.get("label_holder_alone") or {}
+    versus = f" (bank alone, same rows: {alone['auc']:.3f})" if "auc" in alone else ""
+    return (f"{summary['version']}: AUC {m['auc']:.3f}{versus} KS {m['ks']:.3f} on {int(m['n'])} held-out; "
             f"PSI matched {summary['matched']}; {rounds} Flower rounds")
 
 
