@@ -60,16 +60,22 @@ def train_config(model: ModelName, seed: int) -> TrainConfig:
     return TrainConfig(epochs=60, lr=3e-3, batch_size=1024, weight_decay=1e-4, patience=6, seed=seed)
 
 
+def fit_predict(model_name: ModelName, X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray,
+                seed: int) -> np.ndarray:
+    """Train one baseline model (early stopping) and return its PDs on ``X_test``."""
+    with torch_threads(1):
+        torch.manual_seed(seed)  # initial weights depend on the global generator
+        model = MODEL_FACTORIES[model_name](X_train.shape[1])
+        fit(model, X_train, y_train, train_config(model_name, seed))
+        return predict_proba(model, X_test)
+
+
 def fit_and_score(
     dataset: str, features: str, model_name: ModelName,
     X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, y_test: np.ndarray, seed: int,
 ) -> BaselineRow:
     start = time.perf_counter()
-    with torch_threads(1):
-        torch.manual_seed(seed)  # initial weights depend on the global generator
-        model = MODEL_FACTORIES[model_name](X_train.shape[1])
-        fit(model, X_train, y_train, train_config(model_name, seed))
-        metrics = evaluate(y_test, predict_proba(model, X_test))
+    metrics = evaluate(y_test, fit_predict(model_name, X_train, y_train, X_test, seed))
     return BaselineRow(
         dataset=dataset, features=features, n_features=X_train.shape[1], model=model_name,
         auc=metrics.auc, ks=metrics.ks, gini=metrics.gini, n_train=len(y_train), n_test=len(y_test),

@@ -64,13 +64,15 @@ def _yardsticks_use_the_runs_own_split(config, state, summary) -> None:
     record = RunRecord.load(state / "nodes" / "bank" / "models", ref)
     assert record.universe_ids.size == summary["universe"] and record.val_logits.size == summary["val_rows"]
     data = align(load_consortium(config), record)
-    rows, pds = yardsticks(data, record)
-    by_name = {r.features: r for r in rows}
+    rows, pds = yardsticks(data, record, baselines=("logistic",))
+    by_name = {r.features: r for r in rows if r.model != "logistic"}
+    assert {r.features for r in rows if r.model == "logistic"} == set(by_name) - {"federated"}
     reported = summary["metrics"]["all"]
     assert by_name["federated"].auc == pytest.approx(reported["auc"], abs=1e-9)
     assert {r.n_val for r in rows} == {reported["n"]} and {r.val_positives for r in rows} == {reported["positives"]}
     assert set(by_name) == {"federated", "pooled", "bank alone", "tax alone", "platform alone", "utility alone"}
     assert by_name["pooled"].auc > 0.65 and all(p.shape == (summary["val_rows"],) for p in pds.values())
+    assert {"pooled (logistic)", "bank alone (logistic)"} <= set(pds)
     # the bank's in-run challenger is the same model as its yardstick: same recipe, rows and weights
     alone = summary["label_holder_alone"]
     assert alone["auc"] == pytest.approx(by_name["bank alone"].auc, abs=1e-9)
