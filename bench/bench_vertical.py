@@ -113,7 +113,7 @@ def _case(name: str, config: Path, state: Path, seed: int) -> list[dict]:
         rows.append({"case": f"{name} seed {seed}: {summary['universe']:,} rows", "target": f"wall ≤ {WALL_30K:.0f} s",
                      "ok": wall <= WALL_30K, "wall_s": round(wall, 1), "run_s": summary["seconds"],
                      "rounds": summary["total_rounds"]})
-    if cfg.data_holders and any(p.features and p.features.kind != "custom" for p in cfg.data_holders):
+    if any(p.features and p.features.kind != "custom" for p in cfg.data_holders):
         y = data.labels[data.schedule.val]
         bank_only = pds[f"{label_holder} alone"]
         rate = policy_approval_rate(bank_only, POLICY_MAX_PD)

@@ -61,7 +61,6 @@ averaged AUC 0.73 where the full-size default (40 epochs of a (32,16) bottom) av
 
 def train_vertical(ctx: DemoContext) -> str:
     p = _paths(ctx)
-    # a few thousand SMEs: a smaller, shorter recipe than the default one for full-size consortiums
     summary = ctx.fedscore("train_vertical", "train", "vertical", "--config", str(p["config"]),
                            "--state-dir", str(p["coordinator"]), "--seed", str(ctx.seed), *SMALL_RECIPE,
                            "--json", parse_json=True)

@@ -28,14 +28,14 @@ from pydantic import BaseModel, ConfigDict
 
 from models.metrics import evaluate
 from models.training import torch_threads
-from participants.datasets.baseline import ModelName, fit_predict
+from participants.datasets.baseline import POOLED, ModelName, fit_predict
 from participants.datastore import holder_data
 from participants.model_store import LocalModelStore
 from protocols.consortium import ConsortiumConfig
 from protocols.errors import ProtocolViolation
+from protocols.scoring import sigmoid
 from protocols.vertical import Schedule, VerticalPlan, bottom_inputs, train_alone
 
-POOLED = "pooled"
 FEDERATED = "federated"
 RECIPE = "split recipe"
 
@@ -115,15 +115,11 @@ def _row(features: str, model: str, y: np.ndarray, scores: np.ndarray, started: 
                         val_positives=m.positives, seconds=round(time.perf_counter() - started, 3))
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-z))
-
-
 def recipe_pd(data: AlignedData, plan: VerticalPlan, x: np.ndarray, present: np.ndarray) -> np.ndarray:
     """Validation PDs of one bottom (over ``x``) + the plan's top, trained centrally on the run's schedule."""
     with torch_threads(1):
         party, top = train_alone(x, present, data.labels, plan)
-        return _sigmoid(top.logits(party.embed(data.schedule.val)).reshape(-1))
+        return sigmoid(top.logits(party.embed(data.schedule.val)).reshape(-1))
 
 
 def yardsticks(
@@ -139,8 +135,8 @@ def yardsticks(
     val, train = data.schedule.val, data.schedule.train
     y_val = data.labels[val]
     started = time.perf_counter()
-    rows = [_row(FEDERATED, "as run", y_val, _sigmoid(record.val_logits), started)]
-    pds = {FEDERATED: _sigmoid(record.val_logits)}
+    pds = {FEDERATED: sigmoid(record.val_logits)}
+    rows = [_row(FEDERATED, "as run", y_val, pds[FEDERATED], started)]
     order = [data.label_holder, *[n for n in data.inputs if n != data.label_holder]]
     sets = [(POOLED, np.hstack([data.inputs[n] for n in order]), np.ones(data.labels.size, dtype=bool))]
     sets += [(f"{n} alone", data.inputs[n], data.present[n]) for n in order]
