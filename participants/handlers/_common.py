@@ -51,6 +51,17 @@ def locate(node_config: Mapping[str, Any], consortium_path: str, mode: str) -> t
     return cfg, participant
 
 
+def node_state_dir(node_config: Mapping[str, Any], state_root: str | None, name: str, data_dir: Path) -> Path:
+    """Where a node keeps its keys, models and run folders, the same for every mode (one node, one
+    identity): node config ``state-dir``, else ``<node-state-root>/<name>``, else ``<data_dir>/state``
+    (also the default of ``fedscore scoring serve``)."""
+    if node_config.get("state-dir"):
+        return Path(str(node_config["state-dir"]))
+    if state_root:
+        return Path(state_root) / name
+    return data_dir / "state"
+
+
 def long_term_keys(keys_dir: Path) -> tuple[IdentityKey, WrapKeyPair]:
     """Load (or create once) this participant's Ed25519 identity and X25519 wrap keys."""
     keys_dir.mkdir(parents=True, exist_ok=True)

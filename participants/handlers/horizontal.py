@@ -39,6 +39,7 @@ from participants.handlers._common import (
     check_pinned_identity,
     env_binder,
     locate,
+    node_state_dir,
     open_wrap_key,
     own_keys,
 )
@@ -171,12 +172,7 @@ def resolve_env(node_config: Mapping[str, Any], run_config: Mapping[str, Any], r
     consortium_path = str(node_config.get("consortium") or settings.consortium)
     cfg, participant = locate(node_config, consortium_path, "horizontal")
     data_dir = Path(str(node_config.get("data-dir") or participant.data_dir))
-    if "state-dir" in node_config:
-        state_dir = Path(str(node_config["state-dir"]))
-    elif settings.node_state_root:
-        state_dir = Path(settings.node_state_root) / participant.name
-    else:
-        state_dir = Path.home() / ".fedscore" / "nodes" / participant.name
+    state_dir = node_state_dir(node_config, settings.node_state_root, participant.name, data_dir)
     test = str(node_config.get("test-file") or settings.test_data)
     return NodeEnv(
         participant=participant.name,

@@ -43,7 +43,14 @@ from models.metrics import evaluate
 from models.preprocessing import Preprocessor
 from participants.datastore import holder_data
 from participants.handlers import psi
-from participants.handlers._common import announce_wrap_key, env_binder, locate, open_wrap_key, own_keys
+from participants.handlers._common import (
+    announce_wrap_key,
+    env_binder,
+    locate,
+    node_state_dir,
+    open_wrap_key,
+    own_keys,
+)
 from participants.model_store import LocalModelStore
 from protocols.consortium import ConsortiumConfig, ParticipantConfig
 from protocols.errors import ProtocolViolation
@@ -146,12 +153,7 @@ def resolve_env(node_config: Mapping[str, Any], run_config: Mapping[str, Any], r
     cfg, participant = locate(node_config, path, "vertical")
     data_dir = Path(str(node_config.get("data-dir") or participant.data_dir))
     participant = participant.model_copy(update={"data_dir": data_dir})
-    if node_config.get("state-dir"):
-        state_dir = Path(str(node_config["state-dir"]))
-    elif run_config.get("node-state-root"):
-        state_dir = Path(str(run_config["node-state-root"])) / participant.name
-    else:
-        state_dir = data_dir / "state"
+    state_dir = node_state_dir(node_config, run_config.get("node-state-root") or None, participant.name, data_dir)
     return NodeEnv(participant=participant, consortium=cfg, run_id=int(run_id), state_dir=state_dir, data_dir=data_dir)
 
 
