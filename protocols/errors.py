@@ -28,6 +28,16 @@ class ProtocolViolation(ProtocolError):
     """A peer sent a message that the protocol state machine does not accept in its current state."""
 
 
+class WrapKeyRefused(ProtocolViolation):
+    """A key holder refused a peer's relayed wrap key (substituted, mis-signed or replayed): a
+    security event that stops the run, not a dropout to route around."""
+
+    def __init__(self, peer: str, reason: str) -> None:
+        super().__init__(f"wrap key of {peer!r} refused: {reason}")
+        self.peer = peer
+        self.reason = reason
+
+
 class ConsentError(ProtocolError):
     """A consent operation (enrol, grant, revoke, status) was refused by the consent authority."""
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,8 +151,8 @@ def _key_setup(grid: Grid, setup: _Setup, cfg: HorizontalConfig) -> None:
 
     Each peer's identity and identity-sealed wrap key go to the holder exactly as the peer sent them
     at hello; the holder verifies them before wrapping. Tries holders in name order, so a holder
-    that fails does not end the run -- but a holder that REFUSES a relayed wrap key does (a key was
-    substituted or mis-signed: a security event, not a dropout). The wrapped keys are relayed on
+    that fails does not end the run -- but a holder that REFUSES a relayed wrap key does (a typed
+    refusal reply naming the peer: a key was substituted or mis-signed, a security event, not a dropout). The wrapped keys are relayed on
     each peer's training messages (see :func:`_attach_pending_key`) -- one message round saved; we
     cannot open them (X25519 + AES-GCM for the peer, signed by the holder).
     """
@@ -172,11 +171,12 @@ def _key_setup(grid: Grid, setup: _Setup, cfg: HorizontalConfig) -> None:
         (reply,) = exchange(grid, [(by_name[holder], content)], wire.MSG_KEYGEN, setup.names,
                              group="setup", timeout=cfg.round_timeout)
         if not reply.ok:
-            refused = _refused_peer(reply.error or "")
-            if refused is not None:
-                raise ProtocolViolation(f"key holder {holder} refused the wrap key relayed for participant "
-                                        f"{refused!r} (substituted or not signed by its identity); run stopped")
             continue
+        refused = reply.content[wire.REC_CONFIG].get(wire.K_REFUSED)  # type: ignore[index]
+        if refused is not None:
+            reason = str(reply.content[wire.REC_CONFIG].get(wire.K_REASON, ""))  # type: ignore[index]
+            raise ProtocolViolation(f"key holder {holder} refused the wrap key relayed for participant "
+                                    f"{str(refused)!r} ({reason}); run stopped")
         key_id = str(reply.content[wire.REC_CONFIG][wire.K_KEY_ID])  # type: ignore[index]
         payload = reply.content[wire.REC_PAYLOAD]  # type: ignore[index]
         ctx = PublicContext.from_bytes(bytes(payload[wire.P_PUBLIC_CONTEXT]), expected_key_id=key_id)
@@ -189,12 +189,6 @@ def _key_setup(grid: Grid, setup: _Setup, cfg: HorizontalConfig) -> None:
         setup.public_context = ctx
         return
     raise ProtocolViolation("no participant could generate the aggregation key")
-
-
-def _refused_peer(error: str) -> str | None:
-    """The peer named in a key holder's refusal (``wire.REFUSE_WRAP``), or None for another failure."""
-    match = re.search(re.escape(wire.REFUSE_WRAP) + r" '([^']*)'", error)
-    return match.group(1) if match else None
 
 
 def _attach_pending_key(content: RecordDict, name: str, setup: _Setup) -> None:

@@ -44,7 +44,7 @@ from participants.handlers._common import (
     own_keys,
 )
 from protocols.consortium import ConsortiumConfig, ParticipantConfig, validate_settings
-from protocols.errors import ConfigError, ProtocolViolation
+from protocols.errors import ConfigError, ProtocolViolation, WrapKeyRefused
 from protocols.wire.horizontal import (
     A_AGGREGATE,
     A_UPDATE,
@@ -58,6 +58,8 @@ from protocols.wire.horizontal import (
     K_PARTICIPANT,
     K_PEERS,
     K_PUBLISH,
+    K_REASON,
+    K_REFUSED,
     K_ROUND,
     K_VERSION,
     MSG_FINAL,
@@ -77,7 +79,6 @@ from protocols.wire.horizontal import (
     REC_CONFIG,
     REC_METRICS,
     REC_PAYLOAD,
-    REFUSE_WRAP,
 )
 
 CURVE_POINTS = 51  # ROC / KS curves leave the node as this many summary points, no thresholds
@@ -352,15 +353,20 @@ def _verified_peers(content: RecordDict, env: NodeEnv) -> dict[str, WrapPublicKe
         except (ProtocolViolation, ValueError) as exc:
             detail = str(exc).removeprefix(f"{env.participant}: ") if isinstance(exc, ProtocolViolation) \
                 else "the announcement is not JSON"
-            raise ProtocolViolation(f"{REFUSE_WRAP} {peer!r} by {env.participant}: {detail}") from None
+            raise WrapKeyRefused(peer, detail) from None
     return verified
 
 
 def handle_keygen(content: RecordDict, env: NodeEnv) -> RecordDict:
     """Key holder: verify every peer's relayed wrap-key announcement, then (only then) make the run's
-    aggregation key, wrap it for each peer, keep the secret."""
+    aggregation key, wrap it for each peer, keep the secret. A doubtful wrap key gets a refusal
+    reply naming the peer (``K_REFUSED``), and no key is made."""
     identity, _ = _long_term_keys(env)
-    recipients = _verified_peers(content, env)
+    try:
+        recipients = _verified_peers(content, env)
+    except WrapKeyRefused as refusal:  # a typed answer, so the coordinator stops instead of retrying
+        return RecordDict({REC_CONFIG: ConfigRecord({K_PARTICIPANT: env.participant, K_REFUSED: refusal.peer,
+                                                     K_REASON: refusal.reason})})
     key = AggregationKey.generate()
     env.run_dir.mkdir(parents=True, exist_ok=True)
     key.save(_agg_key_path(env))

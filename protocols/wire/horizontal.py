@@ -12,7 +12,8 @@ Exchange, one Flower message round per line (deployment rounds cost seconds, so 
 2. ``query.hfl_keygen``     → key holder: peers' identity keys and wrap-key envelopes, relayed
                               unchanged; the holder verifies each (pinned fingerprint, signature,
                               name, session) before wrapping ← public context + one wrapped key per
-                              peer, or an error containing ``REFUSE_WRAP 'peer'`` (the run stops)
+                              peer, or a refusal naming the peer (``K_REFUSED``, ``K_REASON``;
+                              the run stops)
 3. ``train.hfl_fit`` × R    → aggregate of the previous round (ciphertext) and, until a node has
                               answered once, its wrapped aggregation key (relayed, never unwrapped
                               here); ← encrypted weighted update + validation metrics of the model
@@ -46,6 +47,8 @@ K_NUM_TRAIN = "num-train"
 K_NUM_VAL = "num-val"
 K_NUM_FEATURES = "num-features"
 K_NUM_PARAMS = "num-params"
+K_REFUSED = "refused"  # keygen reply: the peer whose relayed wrap key the key holder refused
+K_REASON = "reason"  # keygen reply: why (names participants, never a key)
 # payload keys
 P_WRAP_ANNOUNCEMENT = "wrap-announcement"  # JSON of the identity-sealed X25519 wrap key
 P_IDENTITY_KEY = "identity-key"
@@ -60,9 +63,6 @@ P_UPDATE = "update"
 A_AGGREGATE = "aggregate"
 A_UPDATE = "update"
 A_WEIGHTS = "weights"
-# error text: a key holder that refuses a relayed wrap key starts its error ``<REFUSE_WRAP> '<peer>'``
-# (first, so it survives the prefix and truncation of the error reason the coordinator reads)
-REFUSE_WRAP = "wrap key refused for"
 
 #: every wire name above, by constant name (tests check each ``MSG_*`` has a handler).
 ALL_NAMES: dict[str, str] = {k: v for k, v in dict(globals()).items() if k.isupper() and isinstance(v, str)}

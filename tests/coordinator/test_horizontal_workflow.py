@@ -332,12 +332,3 @@ def test_a_key_holder_failing_for_another_reason_is_replaced(toy, tmp_path):
     grid.tamper, grid.flower_errors = tamper, True
     summary = run_workflow(grid, context)
     assert summary.key_holder == "bank_b"
-
-
-def test_a_refusal_is_recognised_in_flowers_error_reason_even_for_the_longest_names():
-    longest = "b" + "x" * 63  # consortium names are at most 64 characters
-    message = f"{wire.REFUSE_WRAP} {longest!r} by {longest}: the wrap key relayed for {longest!r} is not signed"
-    simulation = "<class 'flwr.clientapp.client_app.ClientAppException'>:<'\nException ClientAppException occurred. Message: "
-    for reason in (simulation + message + "'>", "<class 'protocols.errors.ProtocolViolation'>:<'" + message + "'>"):
-        assert horizontal._refused_peer(f"error: {reason[:200]}") == longest  # exchange() keeps 200 characters
-    assert horizontal._refused_peer("error: <class 'OSError'>:<'disk full'>") is None

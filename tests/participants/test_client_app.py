@@ -222,15 +222,16 @@ def _substitute(kind: str, keys, announce):
 ])
 def test_horizontal_key_holder_refuses_a_substituted_wrap_key(tmp_path, kind, pinned, why):
     from participants.handlers import horizontal
-    from protocols.errors import ProtocolViolation
 
     keys, env_of, announce, keygen = _horizontal_keygen_setup(tmp_path, pin_bank_b=pinned)
     forged, identity, wrap_pair = _substitute(kind, keys, announce)
     env = env_of("bank_a")
-    with pytest.raises(ProtocolViolation) as err:
-        horizontal.handle_keygen(keygen({"bank_b": (forged, identity), "bank_c": announce("bank_c")}), env)
-    message = str(err.value)
-    assert message.startswith(f"{horizontal_wire.REFUSE_WRAP} 'bank_b' by bank_a: ") and why in message
+    reply = horizontal.handle_keygen(keygen({"bank_b": (forged, identity), "bank_c": announce("bank_c")}), env)
+    cfg = reply[horizontal_wire.REC_CONFIG]
+    assert cfg[horizontal_wire.K_REFUSED] == "bank_b" and cfg[horizontal_wire.K_PARTICIPANT] == "bank_a"
+    assert horizontal_wire.K_KEY_ID not in cfg and horizontal_wire.REC_PAYLOAD not in reply  # nothing wrapped
+    message = str(cfg[horizontal_wire.K_REASON])
+    assert why in message
     for secret_ish in (wrap_pair.public_bytes().hex()[:16], identity.hex()[:16], keys["bank_b"][0].fingerprint[:16]):
         assert secret_ish not in message  # names the participant, never a key
     assert not (env.run_dir / "aggregation.ckks").exists()  # no aggregation key was even made
@@ -260,8 +261,8 @@ def test_horizontal_keygen_refuses_a_malformed_relay(tmp_path):
         horizontal.handle_keygen(short, env)
     with pytest.raises(ProtocolViolation, match="include this node"):
         horizontal.handle_keygen(keygen({"bank_a": announce("bank_a"), "bank_b": announce("bank_b")}), env)
-    with pytest.raises(ProtocolViolation, match="for 'bank_b' by bank_a: the announcement is not JSON"):
-        horizontal.handle_keygen(keygen({"bank_b": ("{not json", announce("bank_b")[1])}), env)
-    with pytest.raises(ProtocolViolation, match="for 'bank_b' by bank_a: the identity relayed for 'bank_b' is not an Ed25519"):
-        horizontal.handle_keygen(keygen({"bank_b": (announce("bank_b")[0], b"short")}), env)
+    for relayed, why in ((("{not json", announce("bank_b")[1]), "the announcement is not JSON"),
+                         ((announce("bank_b")[0], b"short"), "the identity relayed for 'bank_b' is not an Ed25519")):
+        cfg = horizontal.handle_keygen(keygen({"bank_b": relayed}), env)[horizontal_wire.REC_CONFIG]
+        assert cfg[horizontal_wire.K_REFUSED] == "bank_b" and why in str(cfg[horizontal_wire.K_REASON])
     assert not (env.run_dir / "aggregation.ckks").exists()
