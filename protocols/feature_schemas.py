@@ -148,6 +148,12 @@ class SourceSchema(BaseModel):
         return self
 
     @property
+    def clock_feature_names(self) -> tuple[str, ...]:
+        """Features that grow with the calendar by construction (``tenure``): every firm's value rises
+        one a month, so their stability index measures elapsed time, not drift."""
+        return tuple(f.name for f in self.features if f.stat == "tenure")
+
+    @property
     def raw_field_names(self) -> list[str]:
         return [f.name for f in self.raw_fields]
 

@@ -13,7 +13,7 @@ Two scopes, two places:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
 
 import numpy as np
@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from participants.datastore import LocalDataStore
 from participants.monitoring.errors import MonitoringError
+from protocols.feature_schemas import STANDARD_KINDS, standard_schema
 
 WATCH_AT = 0.10
 RETRAIN_AT = 0.25
@@ -111,9 +112,12 @@ def score_stability(reference_pds: object, current_pds: object, *, reference: st
 
 
 def feature_stability(holder: str, reference: pd.DataFrame, current: pd.DataFrame, *,
-                      reference_month: str, current_month: str, bins: int = 10) -> StabilityReport:
-    """Holder side: PSI of every feature column present in both frames (values stay here)."""
-    columns = [c for c in reference.columns if c in current.columns]
+                      reference_month: str, current_month: str, bins: int = 10,
+                      skip: Sequence[str] = ()) -> StabilityReport:
+    """Holder side: PSI of every feature column present in both frames (values stay here), except
+    ``skip`` (clock features such as tenure, which shift by construction and would always say
+    "retrain")."""
+    columns = [c for c in reference.columns if c in current.columns and c not in skip]
     missing = [c for c in reference.columns if c not in current.columns]
     if missing:
         raise MonitoringError(f"{holder}: current features lack column(s) {missing[:5]}")
@@ -127,4 +131,10 @@ def holder_feature_stability(store: LocalDataStore, reference_month: str, curren
                              *, bins: int = 10) -> StabilityReport:
     """Run at a data holder over its own :class:`~participants.datastore.LocalDataStore`."""
     return feature_stability(store.name, store.features(reference_month), store.features(current_month),
-                             reference_month=reference_month, current_month=current_month, bins=bins)
+                             reference_month=reference_month, current_month=current_month, bins=bins,
+                             skip=clock_features(store.schema.kind))
+
+
+def clock_features(kind: str) -> tuple[str, ...]:
+    """A holder kind's calendar-driven features (none for custom schemas, which declare no statistics)."""
+    return standard_schema(kind).clock_feature_names if kind in STANDARD_KINDS else ()

@@ -200,6 +200,13 @@ def generate(out: str | Path, *, enterprises: int, seed: int, months: int = 24,
     return summary
 
 
+def params_from_manifest(manifest: dict, extra_months: int = 0) -> WorldParams:
+    """The world a manifest describes (``extra_months`` further on); KeyError/ValueError/TypeError
+    when it is malformed."""
+    return WorldParams(n=int(manifest["n"]), seed=int(manifest["seed"]), start=int(manifest["start"]),
+                       months=int(manifest["months"]) + extra_months, anchor=int(manifest["anchor"]))
+
+
 def advance(out: str | Path, steps: int = 1,
             progress: Callable[[str], None] | None = None) -> SynthSummary:
     """Move a generated consortium ``steps`` months forward (same world, one more month each)."""
@@ -209,9 +216,7 @@ def advance(out: str | Path, steps: int = 1,
         raise ConfigError(f"{out_path}: no {MANIFEST}; --advance needs a folder written by synth")
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        params = WorldParams(n=int(manifest["n"]), seed=int(manifest["seed"]),
-                             start=int(manifest["start"]), months=int(manifest["months"]) + steps,
-                             anchor=int(manifest["anchor"]))
+        params = params_from_manifest(manifest, steps)
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{manifest_path}: malformed manifest ({type(exc).__name__})") from None
     if steps < 1:

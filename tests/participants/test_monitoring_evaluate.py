@@ -146,3 +146,16 @@ def test_both_models_train_on_the_same_rows_labels_and_plan(world: Path, monkeyp
     train_as_of = LAST - 4 - LABEL_HORIZON_MONTHS
     assert sorted(set(fed_y.index.get_level_values(0))) == [month_str(train_as_of - 2 * k) for k in (2, 1, 0)]
     assert fed_y.sum() > 0 and not fed_y.index.duplicated().any()
+
+
+def test_headroom_is_the_share_of_the_oracles_gain_the_federated_model_captures() -> None:
+    from participants.monitoring.early_warning import ModelOutcome
+
+    def outcome(name: str, warned: int) -> ModelOutcome:
+        return ModelOutcome(model=name, targets=100, warned_early=warned, share=warned / 100, median_lead=5.0,
+                            mean_auc=0.7, flags_per_month=10.0)
+
+    report = ev.EarlyWarningReport.model_construct(outcomes=[outcome("federated", 60), outcome("bank-only", 50)],
+                                                   oracle=outcome("oracle", 90))
+    assert report.headroom_captured == pytest.approx(0.25)
+    assert ev.EarlyWarningReport.model_construct(outcomes=report.outcomes, oracle=None).headroom_captured is None

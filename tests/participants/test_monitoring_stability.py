@@ -61,3 +61,23 @@ def test_feature_report_flags_only_the_drifted_feature(rng) -> None:
     assert classify(report.psi["stable"]) is Drift.STABLE
     with pytest.raises(MonitoringError, match="lack"):
         feature_stability("utility", ref, cur[["stable"]], reference_month="a", current_month="b")
+
+
+def test_clock_features_are_left_out_of_a_holders_report(tmp_path) -> None:
+    """Tenure rises one a month for every firm: its PSI a year apart always says "retrain", which
+    would drown the real signal, so a holder's report skips it and keeps every other feature."""
+    from participants.datastore import LocalDataStore
+    from participants.monitoring.stability import clock_features, holder_feature_stability
+    from participants.synth import generate
+    from protocols.consortium import load_consortium
+
+    generate(tmp_path / "w", enterprises=400, seed=3, months=36, as_of="2024-12")
+    bank = next(p for p in load_consortium(tmp_path / "w" / "consortium.toml").data_holders if p.name == "bank")
+    store = LocalDataStore(bank)
+    assert clock_features("bank") == ("tenure_months",) and clock_features("custom") == ()
+    report = holder_feature_stability(store, "2023-12", "2024-12")
+    assert "tenure_months" not in report.psi
+    assert set(report.psi) == set(store.features("2024-12").columns) - {"tenure_months"}
+    unfiltered = feature_stability("bank", store.features("2023-12"), store.features("2024-12"),
+                                   reference_month="2023-12", current_month="2024-12")
+    assert unfiltered.worst == "tenure_months" and unfiltered.status is Drift.RETRAIN

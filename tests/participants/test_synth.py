@@ -166,3 +166,31 @@ def test_cli_json_summary_and_one_line_errors(tmp_path: Path) -> None:
     assert {s["participant"] for s in summary["sources"]} == {"bank", "tax", "platform", "utility"}
     bad = runner.invoke(root, ["synth", "--out", str(tmp_path / "d"), "--as-of", "2024-13"])
     assert isinstance(bad.exception, ConfigError) and "YYYY-MM" in str(bad.exception)
+
+
+def test_the_true_hazard_outranks_every_model_of_the_records(world: Path) -> None:
+    """The judge-only oracle: re-simulated exactly, and a better ranking than pooled data allows."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from participants.datastore import holder_data
+    from participants.synth.oracle import true_hazard
+    from participants.synth.world import simulate_world
+    from participants.synth.writer import params_from_manifest
+    from protocols.errors import DataError
+    from protocols.feature_schemas import month_index
+
+    manifest = json.loads((world / "synth.json").read_text(encoding="utf-8"))
+    cfg = load_consortium(world / "consortium.toml")
+    _, labels = holder_data(cfg, cfg.label_holders[0])
+    as_of = month_index(manifest["as_of"])
+    hazard = true_hazard(manifest, list(labels.index), [as_of])[as_of]
+    simulated = simulate_world(params_from_manifest(manifest))
+    first = int(np.flatnonzero(simulated.uscc.astype(str) == labels.index[0])[0])
+    assert hazard[0] == simulated.hazard[first, as_of - int(manifest["start"])]
+    oracle_auc = roc_auc_score(labels.to_numpy(), hazard)
+    assert oracle_auc > auc_table(world / "consortium.toml")[POOLED] + 0.03
+    with pytest.raises(DataError, match="not in the simulated world"):
+        true_hazard(manifest, ["91110000000000000X"], [as_of])
+    with pytest.raises(DataError, match="outside the simulated months"):
+        true_hazard(manifest, list(labels.index[:2]), [as_of + 1000])
