@@ -20,7 +20,9 @@ Cases:
   approves what its PD cut-off (grade C or better, PD < 7 %) lets through; at that approval rate,
   each model's bad rate, and how many more SMEs the federated model approves at the bank-only
   model's bad rate; ``extra_approvals_pooled_ceiling`` is the same for the best centralised pooled
-  baseline (all data in one place), the most any federated model could be expected to add.
+  baseline (all data in one place), the most any federated model could be expected to add;
+  ``extra_approvals_oracle`` ranks by the simulator's true hazard, which no holder observes (the
+  ceiling of any model of the recorded data).
 
 Targets (issue "vertical federated training"): federated AUC ≥ pooled same-model AUC − 0.005 and
 ≥ the label holder's best alone + 0.02; ≥ 15 % more approvals at the bank-only bad rate; FATE's 30k
@@ -127,6 +129,7 @@ def _case(name: str, config: Path, state: Path, seed: int) -> list[dict]:
                      "extra_approvals": round(c.extra_approvals, 4),
                      "extra_approvals_pooled_ceiling": round(max(
                          compare(y, bank_only, pds[f"{POOLED} ({m})"], rate).extra_approvals for m in BASELINES), 4),
+                     **_oracle(config, record, data.schedule.val, y, bank_only, rate),
                      "val_rows": int(y.size),
                      "val_defaults": int(np.sum(y)),
                      **{f"extra_approvals_at_{int(r * 100)}pct": round(compare(y, bank_only, pds[FEDERATED], r)
@@ -136,6 +139,27 @@ def _case(name: str, config: Path, state: Path, seed: int) -> list[dict]:
                      "auc": round(r.auc, 4), "ks": round(r.ks, 4), "gini": round(r.gini, 4), "n_val": r.n_val,
                      "val_defaults": r.val_positives})
     return rows
+
+
+def _oracle(config: Path, record, val, y, bank_only, rate: float) -> dict:
+    """On a synthetic consortium: AUC and extra approvals of ranking by the simulator's true hazard at
+    the as-of month, which no holder observes -- what even perfect knowledge of the firms' state adds."""
+    import json as _json
+
+    from models.lending import compare
+    from models.metrics import evaluate
+    from participants.synth.oracle import true_hazard
+    from participants.synth.writer import MANIFEST
+    from protocols.feature_schemas import month_index
+
+    manifest_path = config.parent / MANIFEST
+    if not manifest_path.is_file():
+        return {}
+    manifest = _json.loads(manifest_path.read_text(encoding="utf-8"))
+    as_of = month_index(manifest["as_of"])
+    hazard = true_hazard(manifest, list(record.universe_ids[val]), [as_of])[as_of]
+    return {"oracle_auc": round(evaluate(y, hazard).auc, 4),
+            "extra_approvals_oracle": round(compare(y, bank_only, hazard, rate).extra_approvals, 4)}
 
 
 def run(quick: bool, seeds: tuple[int, ...] = (0,), cases: tuple[str, ...] = CASES) -> list[dict]:
