@@ -30,9 +30,22 @@ def _window(matrix: np.ndarray, start_back: int, stop_back: int) -> np.ndarray:
 
 
 def _nanmean(block: np.ndarray) -> np.ndarray:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmean(block, axis=1)
+    """Row means over the reported months; NaN for a row with none. Computed without
+    ``np.nanmean``, whose empty-row warning cannot be silenced safely when holders build features
+    in several threads at once (``warnings.catch_warnings`` is not thread-safe)."""
+    mask = ~np.isnan(block)
+    count = mask.sum(axis=1)
+    total = np.where(mask, block, 0.0).sum(axis=1)
+    return np.divide(total, count, out=np.full(count.shape, np.nan), where=count > 0)
+
+
+def _nanstd(block: np.ndarray) -> np.ndarray:
+    """Population standard deviation over the reported months (as ``np.nanstd``), NaN for none."""
+    mean = _nanmean(block)
+    mask = ~np.isnan(block)
+    count = mask.sum(axis=1)
+    sq = np.where(mask, (block - mean[:, None]) ** 2, 0.0).sum(axis=1)
+    return np.sqrt(np.divide(sq, count, out=np.full(count.shape, np.nan), where=count > 0))
 
 
 def _slope(block: np.ndarray, min_points: int = 3) -> np.ndarray:
@@ -85,9 +98,7 @@ def compute(spec: FeatureSpec, grid: MonthGrid, as_of_index: int) -> np.ndarray:
             block = _window(raw, 11, 0)
             count = (~np.isnan(block)).sum(axis=1)
             mean = _nanmean(block)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                std = np.nanstd(block, axis=1)
+            std = _nanstd(block)
             out = np.where((count >= 2) & (mean > 0), std / mean, 0.0)
         elif stat == "drop3v6":
             out = _nanmean(_window(x, 8, 3)) - _nanmean(_window(x, 2, 0))

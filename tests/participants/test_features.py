@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -152,3 +154,23 @@ def test_censored_outcomes_are_excluded_and_too_late_as_of_fails() -> None:
         labels_from_ledger(ledger([(IDS[0], "2020-01", "", "2025-03")]), "2024-06")
     with pytest.raises(DataError, match="default_month row 1"):
         labels_from_ledger(ledger([(IDS[0], "2020-01", "soon", "2025-03")]), "2024-06")
+
+
+def test_window_means_match_numpy_and_never_warn_on_empty_rows() -> None:
+    """Holders build features in several threads; numpy's empty-slice warning cannot be silenced
+    safely there, so the statistics avoid it instead of catching it."""
+
+    from participants.features.stats import _nanmean, _nanstd  # noqa: PLC0415
+
+    rng = np.random.default_rng(0)
+    block = rng.normal(size=(200, 12))
+    block[rng.random(block.shape) < 0.4] = np.nan
+    block[:5] = np.nan  # firms with no record in the window
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mean, std = _nanmean(block), _nanstd(block)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        np.testing.assert_allclose(mean, np.nanmean(block, axis=1), equal_nan=True)
+        np.testing.assert_allclose(std, np.nanstd(block, axis=1), equal_nan=True)
+    assert np.isnan(mean[:5]).all() and np.isfinite(mean[5:]).all()
