@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from participants.features import build_features, labels_from_ledger, parse_records
+from participants.features.stats import _nanmean, _nanstd
 from protocols.errors import DataError
 from protocols.feature_schemas import STANDARD_SCHEMAS, add_months, month_index, month_str
 from protocols.uscc import make_uscc
@@ -159,8 +160,6 @@ def test_censored_outcomes_are_excluded_and_too_late_as_of_fails() -> None:
 def test_window_means_match_numpy_and_never_warn_on_empty_rows() -> None:
     """Holders build features in several threads; numpy's empty-slice warning cannot be silenced
     safely there, so the statistics avoid it instead of catching it."""
-
-    from participants.features.stats import _nanmean, _nanstd  # noqa: PLC0415
 
     rng = np.random.default_rng(0)
     block = rng.normal(size=(200, 12))
