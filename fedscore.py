@@ -14,6 +14,7 @@ import sys
 import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 # Sub-command apps, mounted in this order. Each module defines ``app: typer.Typer``.
 _SUBCOMMANDS = (
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         result = app(args=argv, standalone_mode=False)
     except _user_errors() as exc:
-        err.print(f"[red]error:[/] {exc}")
+        # one line however long its paths, and "[section]" or "x[0]" in a message is text, not markup
+        err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         sys.exit(2)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)

@@ -12,7 +12,7 @@ import os
 import stat
 from pathlib import Path
 
-from crypto.errors import InsecureKeyFile
+from crypto.errors import InsecureKeyFile, KeyFileUnreadable
 
 SECRET_MODE = 0o600
 PUBLIC_MODE = 0o644
@@ -67,10 +67,30 @@ def write_public(path: str | os.PathLike[str], data: bytes) -> Path:
 def read_secret(path: str | os.PathLike[str]) -> bytes:
     """Read a secret file, refusing one that group or others can access (as ssh does for its keys)."""
     p = Path(path)
-    st = p.stat()
+    st = _stat_key_file(p)
     if stat.S_IMODE(st.st_mode) & 0o077:
         raise InsecureKeyFile(
             f"{p}: secret key file has mode {stat.S_IMODE(st.st_mode):04o}; "
             "it must not be accessible to group or others (chmod 600)"
         )
+    return p.read_bytes()
+
+
+def _stat_key_file(p: Path) -> os.stat_result:
+    """``p``'s status if it is a regular file; a :class:`KeyFileUnreadable` naming it otherwise."""
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise KeyFileUnreadable(f"{p}: key file not found") from None
+    except OSError as exc:
+        raise KeyFileUnreadable(f"{p}: cannot read key file ({exc.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise KeyFileUnreadable(f"{p}: is a directory or special file, expected a key file")
+    return st
+
+
+def read_public(path: str | os.PathLike[str]) -> bytes:
+    """Read a public key file (any mode); a missing or non-file path is a :class:`KeyFileUnreadable`."""
+    p = Path(path)
+    _stat_key_file(p)
     return p.read_bytes()

@@ -60,6 +60,10 @@ class InsecureKeyFile(CryptoError, PermissionError):
     """A secret key file is readable by group or others; it is refused rather than trusted."""
 
 
+class KeyFileUnreadable(CryptoError, OSError):
+    """A key file named on the command line or in a config is missing, a directory or unreadable."""
+
+
 class ValueOutOfRange(CryptoError, ValueError):
     """A value cannot be encoded (fixed-point range exceeded, NaN or infinity) without silently wrapping."""
 

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from crypto._canonical import canonical_bytes, check_domain, domain_separated
-from crypto._files import read_secret, write_public, write_secret
+from crypto._files import read_public, read_secret, write_public, write_secret
 from crypto.errors import BadSignature, MalformedData
 
 __all__ = ["IdentityKey", "IdentityPublicKey", "canonical_bytes", "signing_input", "fingerprint_of"]
@@ -111,8 +111,7 @@ class IdentityPublicKey:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "IdentityPublicKey":
-        with open(path, "rb") as fh:
-            data = fh.read()
+        data = read_public(path)
         if not data.startswith(_PUBLIC_HEADER):
             raise MalformedData(f"{path}: not a fedscore Ed25519 public key file")
         try:

@@ -57,3 +57,29 @@ def test_identity_show_prints_the_fingerprint_to_pin_and_no_private_material(tmp
     assert doc["public_key"] == key.public_key.to_bytes().hex()
     secret = (tmp_path / "node" / "keys" / "identity.key").read_bytes().split(b"\n")[1].decode()
     assert secret not in first.stdout + first.stderr + again.output
+
+
+def test_a_missing_key_file_is_one_line_naming_it(tmp_path) -> None:
+    missing = str(tmp_path / "lender.ckks")
+    for args in (("lender", "register", "--key", missing),
+                 ("consent", "grant", "91350100M000100Y43", "--lender", "bank", "--purpose", "scoring",
+                  "--key-file", missing, "--state-dir", str(tmp_path / "consent")),
+                 ("monitor", "add", "--grant", missing, "--authority-key", missing,
+                  "--state-dir", str(tmp_path / "lender"))):
+        result = run(*args)
+        assert result.returncode != 0
+        assert f"{missing}: key file not found" in result.stderr
+        assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_errors_stay_one_line_and_keep_bracketed_text(tmp_path) -> None:
+    config = tmp_path / ("x" * 40) / "consortium.toml"
+    config.parent.mkdir()
+    config.write_text('name = "c"\nmode = "vertical"\n[coordinator]\nname = "c"\n'
+                      'superlink_address = "127.0.0.1:9092"\ngateway_address = "127.0.0.1:50051"\n'
+                      '[[participants]]\nname = "[bank]"\nkind = "bank"\n')
+    result = run("baseline", "--dataset", "synth", "--config", str(config))
+    assert result.returncode != 0
+    (line,) = result.stderr.splitlines()  # not wrapped at the terminal width, however long the path
+    assert str(config) in line and "[bank]" in line  # text, not console markup
+    assert "Traceback" not in result.stdout + result.stderr

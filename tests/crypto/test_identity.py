@@ -86,3 +86,13 @@ def test_fingerprint_save_load(alice, tmp_path):
     os.chmod(tmp_path / "a.pub", 0o600)
     with pytest.raises(MalformedData):
         IdentityKey.load(tmp_path / "a.pub")  # a public key file is not a secret key file
+
+
+def test_missing_or_directory_key_files_are_named_not_raw_os_errors(tmp_path):
+    from crypto.errors import CryptoError
+
+    for load in (IdentityKey.load, IdentityPublicKey.load):
+        with pytest.raises(CryptoError, match=r"nope\.key: key file not found"):
+            load(tmp_path / "nope.key")
+        with pytest.raises(CryptoError, match="is a directory or special file"):
+            load(tmp_path)
