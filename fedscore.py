@@ -65,6 +65,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (CryptoError, ModelError, ProtocolError)
 
 
+def _path_problem(exc: OSError) -> str:
+    """``path: problem`` for a file-system error; mkdir over a file raises FileExistsError."""
+    problem = "exists and is not a directory" if isinstance(exc, FileExistsError) else exc.strerror or str(exc)
+    return f"{exc.filename}: {problem}" if exc.filename else problem
+
+
 def main(argv: list[str] | None = None) -> None:
     app = build_app()
     err = Console(stderr=True, highlight=False)
@@ -73,6 +79,9 @@ def main(argv: list[str] | None = None) -> None:
     except _user_errors() as exc:
         # one line however long its paths, and "[section]" or "x[0]" in a message is text, not markup
         err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        sys.exit(2)
+    except OSError as exc:  # a path given on the command line is not what it must be (a file as --state-dir …)
+        err.print(f"[red]error:[/] {escape(_path_problem(exc))}", soft_wrap=True)
         sys.exit(2)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)

@@ -83,3 +83,16 @@ def test_errors_stay_one_line_and_keep_bracketed_text(tmp_path) -> None:
     (line,) = result.stderr.splitlines()  # not wrapped at the terminal width, however long the path
     assert str(config) in line and "[bank]" in line  # text, not console markup
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_a_file_given_as_a_folder_is_one_line_naming_it(tmp_path) -> None:
+    file = tmp_path / "state.txt"
+    file.write_text("")
+    for args in (("models", "list", "--state-dir", str(file)),
+                 ("certs", "--out", str(file), "-p", "bank"),
+                 ("consent", "publish", "--state-dir", str(file)),
+                 ("monitor", "list", "--state-dir", str(file))):
+        result = run(*args)
+        assert result.returncode != 0, args
+        assert str(file) in result.stderr and len(result.stderr.splitlines()) == 1, result.stderr
+        assert "Traceback" not in result.stdout + result.stderr
