@@ -22,7 +22,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from coordinator.registry import ModelRegistry
-from protocols.consortium import load_consortium
+from protocols.consortium import load_consortium, parse_widths
 from protocols.errors import ConfigError, ProtocolViolation
 
 app = typer.Typer(no_args_is_help=True)
@@ -107,7 +107,7 @@ def pooled_baseline(consortium: Path, run_config: dict[str, Any]) -> dict[str, f
         model = LogisticRegression(x_all.shape[1])
         train_cfg = TrainConfig(epochs=300, lr=0.05, batch_size=None, patience=20, seed=seed)
     else:
-        hidden = tuple(int(h) for h in str(run_config.get("mlp-hidden", "32,16")).split(",") if h.strip())
+        hidden = parse_widths(run_config.get("mlp-hidden", "32,16"), "--mlp-hidden")
         model = MLP(x_all.shape[1], hidden=hidden)
         train_cfg = TrainConfig(epochs=60, lr=3e-3, batch_size=1024, weight_decay=1e-4, patience=6, seed=seed)
     result = fit(model, x_all, y_all, train_cfg)
@@ -166,6 +166,7 @@ def train_horizontal(
         raise ConfigError(f"--model must be logistic or mlp, not {model!r}")
     if strategy not in ("fedavg", "fedprox"):
         raise ConfigError(f"--strategy must be fedavg or fedprox, not {strategy!r}")
+    parse_widths(mlp_hidden, "--mlp-hidden")
     state_dir.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="sim-", dir=state_dir))
     result_file = workdir / "summary.json"

@@ -22,8 +22,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from protocols.consortium import load_consortium
+from protocols.consortium import load_consortium, parse_widths
 from protocols.errors import ConfigError, ProtocolViolation
+from protocols.feature_schemas import month_index
 
 _ROUND = re.compile(r"vertical round (\d+)/(\d+)")
 _STAGE = re.compile(r"vertical stage (\w+): (\d+) round")
@@ -163,11 +164,18 @@ def register(train_app: typer.Typer) -> None:
     ) -> None:
         """Align the consortium's enterprises with PSI, train the split model, evaluate, register."""
         from coordinator.workflows.launch import APP_DIR, simulate
+        from coordinator.workflows.vertical import config_from
 
         if top not in ("linear", "poly"):
             raise ConfigError(f"--top must be linear or poly, not {top!r}")
         if bottom not in ("mlp", "linear"):
             raise ConfigError(f"--bottom must be mlp or linear, not {bottom!r}")
+        parse_widths(hidden, "--hidden")
+        if as_of:
+            try:
+                month_index(as_of)
+            except ConfigError as exc:
+                raise ConfigError(f"--as-of: {exc}") from None
         cfg = load_consortium(config)
         if cfg.mode != "vertical":
             raise ConfigError(f"{config}: consortium {cfg.name!r} is {cfg.mode}, not vertical")
@@ -180,6 +188,11 @@ def register(train_app: typer.Typer) -> None:
             batch_size=batch_size, label_dp_sigma=label_dp_sigma, label_dp_clip=label_dp_clip, seed=seed,
             as_of=as_of, model_name=model_name, declared=app_config_keys(APP_DIR),
             source_dropout=source_dropout, batches_per_round=batches_per_round, approve_below_pd=approve_below_pd)
+        try:  # what the coordinator would refuse (--lr 0 …) is refused before anything starts
+            config_from(run_config).plan()
+        except ConfigError:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
         console = Console(stderr=as_json)
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                       console=console, transient=True, disable=as_json) as progress:

@@ -481,6 +481,17 @@ def validate_settings(model: type[_Settings], data: Mapping[str, Any], what: str
         raise ConfigError(f"{what}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
 
 
+def parse_widths(text: str, key: str) -> tuple[int, ...]:
+    """Hidden-layer widths ``"32,16"`` -> ``(32, 16)``; anything but positive integers is a ConfigError naming ``key``."""
+    try:
+        widths = tuple(int(h) for h in str(text).split(",") if h.strip())
+    except ValueError:
+        widths = (0,)
+    if any(w < 1 for w in widths):
+        raise ConfigError(f"{key} {text!r} must be comma-separated positive integers")
+    return widths
+
+
 def parse_consortium(data: dict[str, Any], *, source: str = "<config>",
                      base_dir: Path | None = None) -> ConsortiumConfig:
     """Validate an already-parsed mapping; ConfigError names ``source`` and the key."""

@@ -40,7 +40,7 @@ from coordinator.workflows._common import summary_file, write_summary
 from coordinator.workflows._common import wait_for_nodes as _wait_for_nodes
 from coordinator.workflows.psi_relay import PsiRelayState, run_psi
 from crypto.masking import MaskedVector, sum_masked
-from protocols.consortium import load_consortium, validate_settings
+from protocols.consortium import load_consortium, parse_widths, validate_settings
 from protocols.errors import ConfigError, ProtocolViolation
 from protocols.vertical import Schedule, VerticalPlan, label_dp_epsilon
 from protocols.wire import vertical as w
@@ -77,10 +77,7 @@ class VerticalRunConfig(BaseModel):
 
     def plan(self) -> VerticalPlan:
         """Mapped shared keys first, then the explicit ``vertical-plan`` JSON on top."""
-        try:
-            hidden = tuple(int(h) for h in self.mlp_hidden.split(",") if h.strip()) if self.model == "mlp" else ()
-        except ValueError:
-            raise ConfigError(f"run config: mlp-hidden {self.mlp_hidden!r} must be comma-separated integers") from None
+        hidden = parse_widths(self.mlp_hidden, "run config: mlp-hidden") if self.model == "mlp" else ()
         base: dict[str, Any] = {
             "bottom_hidden": hidden, "epochs": float(self.local_epochs), "lr": self.lr,
             "batch_size": self.batch_size, "seed": self.seed, "val_fraction": self.val_fraction,

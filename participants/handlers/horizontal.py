@@ -43,7 +43,7 @@ from participants.handlers._common import (
     open_wrap_key,
     own_keys,
 )
-from protocols.consortium import ConsortiumConfig, ParticipantConfig, validate_settings
+from protocols.consortium import ConsortiumConfig, ParticipantConfig, parse_widths, validate_settings
 from protocols.errors import ConfigError, ProtocolViolation, WrapKeyRefused
 from protocols.wire.horizontal import (
     A_AGGREGATE,
@@ -108,10 +108,7 @@ class TrainSettings(BaseModel):
 
     @property
     def hidden(self) -> tuple[int, ...]:
-        try:
-            return tuple(int(h) for h in self.mlp_hidden.split(",") if h.strip())
-        except ValueError:
-            raise ConfigError(f"mlp-hidden {self.mlp_hidden!r} must be comma-separated integers") from None
+        return parse_widths(self.mlp_hidden, "mlp-hidden")
 
 
 def settings_from(run_config: Mapping[str, Any]) -> TrainSettings:

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from coordinator.cli import app, horizontal_run_config
 from coordinator.registry import ModelRegistry
-from participants.datasets.fate import HORIZONTAL_CONFIG
+from participants.datasets.fate import HORIZONTAL_CONFIG, VERTICAL_CONFIG
 from protocols.errors import ConfigError
 
 runner = CliRunner()
@@ -42,6 +42,21 @@ def test_train_refuses_bad_choices_before_starting_anything(tmp_path):
                               "--state-dir", str(tmp_path)])
     assert out.exit_code != 0 and isinstance(out.exception, ConfigError)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("args, named", [
+    (["train", "vertical", "--hidden", "32,abc"], "--hidden '32,abc'"),
+    (["train", "vertical", "--hidden", "0,16"], "--hidden '0,16'"),
+    (["train", "vertical", "--as-of", "2024-13"], "--as-of: invalid month '2024-13'"),
+    (["train", "vertical", "--lr", "0"], "lr: Input should be greater than 0"),
+    (["train", "horizontal", "--mlp-hidden", "8,-4"], "--mlp-hidden '8,-4'"),
+])
+def test_train_refuses_bad_numbers_naming_the_option_before_starting_anything(tmp_path, args, named):
+    config = HORIZONTAL_CONFIG if args[1] == "horizontal" else VERTICAL_CONFIG
+    out = runner.invoke(app, [*args, "-c", str(config), "--state-dir", str(tmp_path)])
+    assert out.exit_code != 0 and isinstance(out.exception, ConfigError)
+    assert named in str(out.exception)
+    assert not list(tmp_path.iterdir())  # no simulation was started, no work folder left behind
 
 
 def test_run_config_names_only_declared_keys():

@@ -218,3 +218,12 @@ def test_every_example_consortium_in_the_repository_loads() -> None:
     for path in examples:
         cfg = load_consortium(path)
         assert cfg.data_holders and all(p.data_dir.is_absolute() for p in cfg.data_holders)
+
+
+def test_parse_widths_accepts_positive_integers_and_names_the_key_otherwise():
+    from protocols.consortium import parse_widths
+
+    assert parse_widths("32, 16", "--hidden") == (32, 16) and parse_widths("", "--hidden") == ()
+    for bad in ("32,abc", "0", "8,-4"):
+        with pytest.raises(ConfigError, match=f"--hidden '{bad}' must be comma-separated positive integers"):
+            parse_widths(bad, "--hidden")
