@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -31,6 +32,7 @@ from protocols.consent import (
     utc_now,
 )
 from protocols.cli import parse_instant
+from protocols.consortium import format_validation_error
 from protocols.errors import ConfigError
 
 app = typer.Typer(no_args_is_help=True)
@@ -91,8 +93,8 @@ def grant(
             enterprise=uscc, lender=lender, purpose=purpose, holders=tuple(holder) or ALL,
             fields=tuple(field) or ALL, valid_from=start, valid_until=end, max_uses=max_uses,
         )
-    except ValueError as exc:  # pydantic's ValidationError names every bad field
-        raise ConfigError(f"grant terms rejected: {exc}") from None
+    except ValidationError as exc:  # one line naming the first bad field, not pydantic's report
+        raise ConfigError(format_validation_error(exc, "grant terms rejected")) from None
     authority = ConsentAuthority.open(state_dir)
     issued = authority.grant(GrantRequest.create(terms, IdentityKey.load(key_file)))
     if out is None:

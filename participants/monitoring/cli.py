@@ -27,6 +27,7 @@ from participants.monitoring.alerts import (
     load_alert_config,
 )
 from participants.monitoring.watchlist import MONITORING_DIR, Watchlist
+from protocols.consortium import validate_settings
 from protocols.errors import ConfigError
 
 app = typer.Typer(no_args_is_help=True)
@@ -152,7 +153,7 @@ def run(
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     config = load_alert_config(rules_file) if rules_file else AlertConfig()
     rules = _rules(config, pd_above, pd_jump, downgrade, source_shift, explanations)
-    hook = WebhookConfig(url=webhook) if webhook else config.webhook  # type: ignore[arg-type]
+    hook = validate_settings(WebhookConfig, {"url": webhook}, "--webhook") if webhook else config.webhook
     durable = JsonlSink(config.jsonl or state_dir / MONITORING_DIR / "alerts.jsonl")
     sinks = [ConsoleSink(_console(as_json))] + ([WebhookSink(hook)] if hook else [])
     client = LenderClient.connect(gateway, MutualTls.from_pki(pki, lender), LenderKeyPair.load(key),

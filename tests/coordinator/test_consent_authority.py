@@ -23,7 +23,7 @@ from protocols.consent import (
     load_pseudonym_key,
     refusal_reason,
 )
-from protocols.errors import ConsentError, NotAuthenticated, UnknownGrant
+from protocols.errors import ConfigError, ConsentError, NotAuthenticated, UnknownGrant
 from protocols.uscc import make_uscc
 from tests.consent_fixtures import ENTERPRISE, OTHER, T0, Clock, grant_terms
 
@@ -213,3 +213,20 @@ def test_cli_lifecycle(tmp_path: Path) -> None:
     listed = [Grant.model_validate_json(line) for line in run("list", ENTERPRISE, "--key-file", key, "--json").splitlines()]
     assert listed == [grant]
     assert ENTERPRISE not in StateFiles(state).audit_log.read_text()
+
+
+def test_cli_grant_with_bad_terms_is_one_line_naming_the_field(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from coordinator.consent_cli import app
+
+    runner = CliRunner()
+    key, state = tmp_path / "sme.key", tmp_path / "state"
+    where = ["--key-file", str(key), "--state-dir", str(state)]
+    assert runner.invoke(app, ["consent", "enrol", ENTERPRISE, *where]).exit_code == 0
+    result = runner.invoke(app, ["consent", "grant", ENTERPRISE, *where, "--lender", "bank-a", "--purpose", "scoring",
+                                 "--from", "2025-01-01", "--until", "2024-01-01"])
+    assert result.exit_code != 0 and isinstance(result.exception, ConfigError)
+    message = str(result.exception)
+    assert message == "grant terms rejected: <root>: valid_until must be after valid_from"
+    assert "\n" not in message and "pydantic" not in message

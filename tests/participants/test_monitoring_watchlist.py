@@ -18,6 +18,7 @@ from participants.monitoring.errors import GrantRequired, MonitoringError
 from participants.monitoring.monitor import run_month
 from participants.monitoring.watchlist import Watchlist
 from tests.participants._monitoring_helpers import NOW, USCC_A, TableScorer, grant, record
+from protocols.errors import ConfigError
 
 USCC_B = "91110000MA01ABCD1M"
 USCC_C = "91330100MA2AAAAA1E"
@@ -141,3 +142,10 @@ def test_a_file_that_is_not_a_watchlist_is_a_monitoring_error(tmp_path: Path) ->
     (folder / "watchlist.sqlite3").write_bytes(b"not a database" * 512)
     with pytest.raises(MonitoringError, match="not a watchlist database"):
         Watchlist(tmp_path, "lender")
+
+
+def test_cli_run_refuses_a_malformed_webhook_url_in_one_line(state, tmp_path) -> None:
+    result = CliRunner().invoke(app, ["monitor", "run", "--as-of", "2024-12", "--state-dir", str(state),
+                                      "--webhook", "not-a-url", "--key", str(tmp_path / "none.ckks")])
+    assert isinstance(result.exception, ConfigError)
+    assert str(result.exception).startswith("--webhook: url: ") and "not-a-url" not in str(result.exception)
