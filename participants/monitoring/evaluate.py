@@ -211,6 +211,10 @@ def run_evaluation(synth_dir: str | Path, *, months: int = 12, enterprises: int 
     started = time.perf_counter()
     note = progress or (lambda _m: None)
     path = Path(synth_dir)
+    if not 0.0 < rate <= 1.0:
+        raise MonitoringError(f"--rate must be a share of the watchlist in (0, 1], got {rate}")
+    if lead < 1:
+        raise MonitoringError(f"--lead must be at least 1 month, got {lead}")
     if months < lead + 1:
         raise MonitoringError(f"--months must exceed the lead ({lead}), got {months}")
     manifest = ensure_world(path, enterprises=enterprises, seed=seed, months=months, progress=note)

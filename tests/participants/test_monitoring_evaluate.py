@@ -159,3 +159,11 @@ def test_headroom_is_the_share_of_the_oracles_gain_the_federated_model_captures(
                                                    oracle=outcome("oracle", 90))
     assert report.headroom_captured == pytest.approx(0.25)
     assert ev.EarlyWarningReport.model_construct(outcomes=report.outcomes, oracle=None).headroom_captured is None
+
+
+@pytest.mark.parametrize("kwargs, match", [({"rate": 0.0}, "--rate"), ({"rate": 2.0}, "--rate"),
+                                           ({"lead": -1}, "--lead"), ({"months": 3, "lead": 3}, "--months")])
+def test_bad_evaluation_settings_are_refused_before_any_world_is_made(tmp_path: Path, kwargs, match) -> None:
+    with pytest.raises(MonitoringError, match=match):
+        ev.run_evaluation(tmp_path / "none", **kwargs)
+    assert not (tmp_path / "none").exists()
