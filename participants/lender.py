@@ -32,6 +32,7 @@ from crypto.ckks_keys import LenderKeyPair
 from protocols._grpc import scoring_pb2 as pb
 from protocols._grpc import scoring_pb2_grpc as pb_grpc
 from protocols.consent import Grant
+from protocols.consortium import check_address
 from protocols.scoring import (
     DeadlineExceeded,
     InvalidRequest,
@@ -66,6 +67,7 @@ class GrpcGatewayTransport:
     """One mutual-TLS channel to the gateway; gRPC errors become :class:`ScoringError` subclasses."""
 
     def __init__(self, address: str, tls: MutualTls, *, limits: ScoringLimits | None = None) -> None:
+        check_address(address, "gateway")
         self._channel = grpc.secure_channel(address, tls.channel_credentials(), options=grpc_options(limits or ScoringLimits()))
         self._stub = pb_grpc.ScoringGatewayStub(self._channel)
 

@@ -85,8 +85,9 @@ _HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-
                           r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 
 
-def split_address(address: str) -> tuple[str, int]:
-    """``"host:port"`` / ``"[::1]:port"`` -> (host, port); ValueError says what is wrong."""
+def split_address(address: str, *, any_port: bool = False) -> tuple[str, int]:
+    """``"host:port"`` / ``"[::1]:port"`` -> (host, port); ValueError says what is wrong.
+    ``any_port``: a listen address may give port 0 (the system picks a free one)."""
     if not isinstance(address, str) or ":" not in address:
         raise ValueError(f"address {address!r} must be host:port")
     host, _, port_text = address.rpartition(":")
@@ -98,9 +99,20 @@ def split_address(address: str) -> tuple[str, int]:
         host = host[1:-1]
     elif not _HOSTNAME_RE.match(host):
         raise ValueError(f"address {address!r}: invalid host {host!r} (IPv6 goes in brackets)")
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ValueError(f"address {address!r}: port must be an integer in 1..65535")
+    lowest = 0 if any_port else 1
+    if not port_text.isdigit() or not lowest <= int(port_text) <= 65535:
+        raise ValueError(f"address {address!r}: port must be an integer in {lowest}..65535")
     return host, int(port_text)
+
+
+def check_address(address: str, what: str, *, any_port: bool = False) -> str:
+    """``address`` unchanged when :func:`split_address` accepts it, else a ConfigError naming ``what``
+    (gRPC would otherwise take an out-of-range port modulo 65536 and use another port)."""
+    try:
+        split_address(address, any_port=any_port)
+    except ValueError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
+    return address
 
 
 def _check_address(value: str) -> str:

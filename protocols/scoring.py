@@ -63,6 +63,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from crypto.ckks_keys import EncryptedVector, decrypt, linear_combination
 from crypto.errors import CryptoError
+from protocols.consortium import check_address
 from protocols.errors import ConfigError, InvalidUSCC, ProtocolError
 from protocols.feature_schemas import month_index
 from protocols.uscc import validate_uscc
@@ -621,6 +622,7 @@ def start_server(
 
     import grpc
 
+    check_address(address, role, any_port=True)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=thread_name_prefix),
         options=grpc_options(limits),

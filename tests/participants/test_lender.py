@@ -233,6 +233,22 @@ def test_keygen_writes_a_private_key_and_refuses_to_overwrite(tmp_path) -> None:
     assert "gateway" in help_text and "responder" in help_text
 
 
+def test_an_out_of_range_gateway_port_is_refused_naming_the_address(tmp_path) -> None:
+    from tests.test_cli import run
+
+    key = tmp_path / "lender.ckks"
+    LenderKeyPair.generate().save(key)
+    grant = tmp_path / "g.json"
+    grant.write_text(json.dumps({"terms": {"enterprise": "91350100M000100Y43"}}))
+    common = ["--key", str(key), "--pki", str(tmp_path / "pki")]
+    for args in (["score", "91350100M000100Y43", "--grant", str(grant), "--gateway", "127.0.0.1:99999", *common],
+                 ["lender", "register", "--gateway", "127.0.0.1:99999", *common]):
+        result = run(*args)
+        assert result.returncode != 0, args
+        assert "gateway: address '127.0.0.1:99999': port must be an integer in 1..65535" in result.stderr
+        assert "Traceback" not in result.stdout + result.stderr
+
+
 def test_cli_registers_and_scores_a_batch(world, tmp_path) -> None:
     dep = start_deployment(world, {h: AllowAll() for h in world.holders}, responder_core=monthly_core(world))
     try:

@@ -8,6 +8,7 @@ import pytest
 
 from protocols.consortium import (
     ConsortiumConfig,
+    check_address,
     dump_consortium,
     load_consortium,
     parse_consortium,
@@ -207,9 +208,13 @@ def test_parse_without_file_and_address_forms() -> None:
     assert cfg.participant("tax").data_dir == Path("data/tax")  # no base dir: left relative
     assert split_address("[::1]:80") == ("::1", 80)
     assert split_address("node-1.bank.example:443") == ("node-1.bank.example", 443)
-    for bad in ("nohost", "a b:80", ":80", "host:0", "host:x", "[zz]:1"):
+    for bad in ("nohost", "a b:80", ":80", "host:0", "host:x", "[zz]:1", "host:65536", "host:99999"):
         with pytest.raises(ValueError):
             split_address(bad)
+    assert split_address("127.0.0.1:0", any_port=True) == ("127.0.0.1", 0)  # listen: any free port
+    with pytest.raises(ConfigError, match=r"^--gateway: address 'host:99999': port must be an integer in 1\.\.65535$"):
+        check_address("host:99999", "--gateway")
+    assert check_address("[::1]:443", "--gateway") == "[::1]:443"
 
 
 def test_every_example_consortium_in_the_repository_loads() -> None:
