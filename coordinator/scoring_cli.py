@@ -32,7 +32,7 @@ def serve_gateway_cmd(
         GatewayCore, GrpcResponderTransport, KeyStore, holders_from_consortium, registry_tops, serve_gateway,
     )
     from protocols.consortium import load_consortium
-    from protocols.scoring import MutualTls, ScoringLimits
+    from protocols.scoring import MutualTls, ScoringLimits, UnknownModel
 
     cfg = load_consortium(consortium)
     holders = holders_from_consortium(cfg)
@@ -40,10 +40,16 @@ def serve_gateway_cmd(
         raise ConfigError(f"{consortium}: no participant has a scoring_address")
     limits = ScoringLimits(responder_timeout_s=responder_timeout, max_subjects=max_subjects)
     tls = MutualTls(pki / "ca.crt", pki / "scoring" / "gateway.crt", pki / "scoring" / "gateway.key")
+    registry = ModelRegistry(state_dir)
     core = GatewayCore(
-        holders, GrpcResponderTransport(tls, limits=limits), registry_tops(ModelRegistry(state_dir)),
+        holders, GrpcResponderTransport(tls, limits=limits), registry_tops(registry),
         keys=KeyStore(state_dir / "scoring-keys", limits=limits), default_model=model, limits=limits,
     )
+    if model:  # as the responders do: a default the registry cannot serve fails here, not at the first request
+        try:
+            core.top(model)
+        except UnknownModel as exc:
+            raise ConfigError(f"--model: {exc} ({registry.path})") from None
     listen = address or cfg.coordinator.gateway_address
     running = serve_gateway(core, listen, tls)
     Console(highlight=False, stderr=True).print(

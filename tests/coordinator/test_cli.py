@@ -77,3 +77,30 @@ def test_vertical_consortium_is_refused_for_horizontal_training():
     with pytest.raises(ConfigError):
         horizontal_run_config(VERTICAL_CONFIG, state_dir=VERTICAL_CONFIG.parent, result_file=VERTICAL_CONFIG,
                               node_state_root=VERTICAL_CONFIG.parent, options={})
+
+
+@pytest.fixture(scope="module")
+def gateway_pki(tmp_path_factory):
+    from crypto.tls import write_deployment_pki
+
+    root = tmp_path_factory.mktemp("gateway-pki")
+    write_deployment_pki(root, ["guest", "host"])
+    return root
+
+
+@pytest.mark.parametrize("extra, named", [
+    (["--address", "127.0.0.1:99999"], "'127.0.0.1:99999': port must be an integer in 0..65535"),
+    (["--address", "bad host:50051"], "invalid host 'bad host'"),
+    (["--model", "nosuch:v1"], "--model: model 'nosuch:v1' is not in the registry ("),
+])
+def test_serve_gateway_refuses_a_bad_address_or_model_before_reporting_ready(tmp_path, gateway_pki, extra, named):
+    from tests.test_cli import run
+
+    result = run("serve", "gateway", "--consortium", str(VERTICAL_CONFIG), "--pki", str(gateway_pki),
+                 "--state-dir", str(tmp_path / "coordinator"), *extra)
+    assert result.returncode != 0
+    assert '"ready"' not in result.stdout
+    assert named in result.stderr and len(result.stderr.splitlines()) == 1, result.stderr
+    if extra[0] == "--model":
+        assert str(tmp_path / "coordinator" / "registry.sqlite3") in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
