@@ -56,8 +56,9 @@ def _read_csv(path: Path, *, id_column: str) -> pd.DataFrame:
         raise DataError(f"{path}: data file not found")
     try:
         if path.suffix.lower() == ".arff":
-            return _read_arff(path)
-        return pd.read_csv(path, dtype={id_column: str}, keep_default_na=True, low_memory=False)
+            frame = _read_arff(path)
+        else:
+            frame = pd.read_csv(path, dtype={id_column: str}, keep_default_na=True, low_memory=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError,
             EOFError, ValueError, IndexError) as exc:
         if isinstance(exc, DataError):
@@ -65,6 +66,9 @@ def _read_csv(path: Path, *, id_column: str) -> pd.DataFrame:
         kind = type(exc).__name__
         raise DataError(f"{path}: cannot parse as {path.suffix.lstrip('.') or 'CSV'} ({kind})") \
             from None
+    if frame.empty:  # a header alone: every figure built on it would be silently meaningless
+        raise DataError(f"{path}: no rows")
+    return frame
 
 
 def _check_ids(ids: pd.Series, source: str, id_format: str) -> None:

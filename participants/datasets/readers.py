@@ -46,6 +46,8 @@ def read_table(path: Path, usecols: list[str] | None = None) -> pd.DataFrame:
             frame = pd.read_csv(path)
         except (OSError, ValueError, pd.errors.ParserError) as exc:
             raise DatasetError(f"{path}: cannot read CSV ({exc})") from None
+    if frame.empty:
+        raise DatasetError(f"{path}: no rows")
     if usecols is not None:
         missing = [c for c in usecols if c not in frame.columns]
         if missing:

@@ -95,3 +95,45 @@ def test_bad_files_are_data_errors_that_name_file_and_row_not_ids(tmp_path: Path
     (tmp_path / "vat_monthly.csv.gz").write_bytes(b"\x1f\x8bnot really gzip")
     with pytest.raises(DataError, match="cannot parse"):
         LocalDataStore.from_dir(tmp_path, "tax").features()
+
+
+def test_a_file_with_only_its_header_is_a_data_error_naming_it(synth: Path, tmp_path: Path) -> None:
+    """Training and scoring read through the same store: an emptied file stops them, it never
+    yields an empty feature frame (a constant model, AUC 0.5)."""
+    import re
+    import shutil
+    import subprocess
+    import sys
+
+    from participants.datasets.frames import participant_frame
+    from participants.datastore import holder_data
+    from protocols.consortium import load_consortium
+
+    copy = tmp_path / "c"
+    shutil.copytree(synth, copy)
+    records = copy / "tax" / "vat_monthly.csv.gz"
+    header = pd.read_csv(records, nrows=0)
+    header.to_csv(records, index=False)
+    with pytest.raises(DataError, match=f"^{re.escape(str(records))}: no rows$"):
+        LocalDataStore.from_dir(copy / "tax", "tax").features("2024-12")
+    cfg = load_consortium(copy / "consortium.toml")
+    with pytest.raises(DataError, match=f"^{re.escape(str(records))}: no rows$"):
+        holder_data(cfg, cfg.participant("tax"))  # what a training node reads for PSI and its features
+    ledger = copy / "bank" / "outcomes.csv"
+    pd.read_csv(ledger, nrows=0).to_csv(ledger, index=False)
+    with pytest.raises(DataError, match=f"^{re.escape(str(ledger))}: no rows$"):
+        LocalDataStore.from_dir(copy / "bank", "bank").labels("2024-12")
+    (tmp_path / "guest.csv").write_text("id,y,x0\n")  # public data read by horizontal training
+    guest = ParticipantConfig.model_validate({
+        "name": "guest", "kind": "bank", "holds_labels": True, "data_dir": str(tmp_path),
+        "features": {"schema": "custom", "file": "guest.csv", "id_column": "id", "id_format": "any",
+                     "label_column": "y", "mapping": {"x0": "limit"}}})
+    with pytest.raises(DataError, match="guest.csv: no rows$"):
+        participant_frame(cfg, guest)
+    with pytest.raises(DataError, match="guest.csv: no rows$"):
+        LocalDataStore(guest).features()
+
+    result = subprocess.run([sys.executable, "-m", "fedscore", "baseline", "--dataset", "synth",
+                             "--config", str(copy / "consortium.toml")], capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "AUC" not in result.stdout
+    assert f"{records}: no rows" in result.stderr and "Traceback" not in result.stdout + result.stderr

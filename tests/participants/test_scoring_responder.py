@@ -439,3 +439,17 @@ def test_data_without_months_serves_only_its_default_month(tmp_path, keys) -> No
             core.model("credit:v1", "2024-11")
         if configured:
             assert core.model("credit:v1", configured) is table
+
+
+def test_a_holder_whose_records_are_only_a_header_refuses_to_start(tmp_path) -> None:
+    """``fedscore serve responder`` builds this at start-up: an emptied file stops it, naming the file."""
+    from participants.model_store import LocalModelStore
+    from protocols.consortium import FeatureSchemaConfig
+    from protocols.errors import DataError
+
+    (tmp_path / "vat_monthly.csv").write_text("uscc,month,invoice_count,invoice_amount,distinct_buyers,"
+                                              "top_buyer_share,voided_invoices,tax_arrears\n")
+    schema = FeatureSchemaConfig.model_validate({"schema": "tax", "file": "vat_monthly.csv"})
+    data = LocalDataStore.from_dir(tmp_path, schema, name=HOLDER)
+    with pytest.raises(DataError, match="vat_monthly.csv: no rows$"):
+        MonthlyEmbeddings(LocalModelStore(tmp_path / "models"), data, refs=["credit:v1"])
