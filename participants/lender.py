@@ -274,8 +274,15 @@ def read_batch(path: str | Path, grants: Mapping[str, str]) -> list[tuple[str, s
     """
     path = Path(path)
     if path.suffix in (".json", ".jsonl"):
-        own = load_grants([path])
-        return list(own.items())
+        pairs = list(load_grants([path]).items())
+    else:
+        pairs = _uscc_lines(path, grants)
+    if not pairs:
+        raise InvalidRequest(f"{path}: the batch file names no enterprise (no USCC)")
+    return pairs
+
+
+def _uscc_lines(path: Path, grants: Mapping[str, str]) -> list[tuple[str, str]]:
     pairs = []
     try:
         lines = path.read_text().splitlines()

@@ -208,6 +208,25 @@ def test_batch_file_errors_name_the_line(world, tmp_path) -> None:
         load_grants([tmp_path / "g.jsonl"])
 
 
+def test_a_batch_file_naming_no_enterprise_is_refused_before_calling_the_gateway(tmp_path) -> None:
+    from tests.test_cli import run
+
+    grant = tmp_path / "g.json"
+    grant.write_text(json.dumps({"terms": {"enterprise": "91350100M000100Y43"}}))
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "header.csv").write_text("uscc,name\n# nothing yet\n\n")
+    (tmp_path / "none.jsonl").write_text("\n")
+    for name in ("empty.txt", "header.csv", "none.jsonl"):
+        with pytest.raises(InvalidRequest, match=f"{name}: the batch file names no enterprise"):
+            read_batch(tmp_path / name, load_grants([grant]))
+    # no key and no gateway exist: the command must stop at the batch file, before either is used
+    result = run("score", "--batch", str(tmp_path / "empty.txt"), "--grant", str(grant),
+                 "--key", str(tmp_path / "absent.ckks"), "--gateway", "127.0.0.1:9")
+    assert result.returncode != 0
+    assert f"{tmp_path / 'empty.txt'}: the batch file names no enterprise (no USCC)" in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+
+
 # ---------------------------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------------------------
