@@ -230,3 +230,28 @@ def test_cli_grant_with_bad_terms_is_one_line_naming_the_field(tmp_path: Path) -
     message = str(result.exception)
     assert message == "grant terms rejected: <root>: valid_until must be after valid_from"
     assert "\n" not in message and "pydantic" not in message
+
+
+def test_cli_grant_to_an_unwritable_out_records_nothing(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from coordinator.consent_cli import app
+    from tests.test_cli import run
+
+    runner = CliRunner()
+    key, state = tmp_path / "sme.key", tmp_path / "state"
+    where = ["--key-file", str(key), "--state-dir", str(state)]
+    assert runner.invoke(app, ["consent", "enrol", ENTERPRISE, *where]).exit_code == 0
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "afile").write_text("")
+    for out, problem in ((tmp_path / "adir", "is a directory"),
+                         (tmp_path / "nowhere" / "g.json", f"no such folder {tmp_path / 'nowhere'}"),
+                         (tmp_path / "afile" / "g.json", f"no such folder {tmp_path / 'afile'}")):
+        result = run("consent", "grant", ENTERPRISE, *where, "--lender", "bank-a", "--purpose", "scoring",
+                     "--out", str(out))
+        assert result.returncode != 0
+        assert result.stderr.strip() == f"error: --out {out}: {problem}"
+        assert "Traceback" not in result.stdout + result.stderr
+    status = runner.invoke(app, ["consent", "status", ENTERPRISE, *where, "--json"])
+    assert status.exit_code == 0 and status.output.strip() == ""  # no grant was recorded
+    assert '"grant"' not in StateFiles(state).audit_log.read_text()
