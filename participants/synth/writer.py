@@ -19,7 +19,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -200,11 +200,21 @@ def generate(out: str | Path, *, enterprises: int, seed: int, months: int = 24,
     return summary
 
 
-def params_from_manifest(manifest: dict, extra_months: int = 0) -> WorldParams:
-    """The world a manifest describes (``extra_months`` further on); KeyError/ValueError/TypeError
-    when it is malformed."""
-    return WorldParams(n=int(manifest["n"]), seed=int(manifest["seed"]), start=int(manifest["start"]),
-                       months=int(manifest["months"]) + extra_months, anchor=int(manifest["anchor"]))
+def params_from_manifest(manifest: dict, extra_months: int = 0, *, source: str = MANIFEST) -> WorldParams:
+    """The world a manifest describes (``extra_months`` further on); a malformed one is a
+    ConfigError naming ``source`` and the missing or bad key."""
+    if not isinstance(manifest, dict):
+        raise ConfigError(f"{source}: malformed manifest (not a JSON object)")
+    values = {}
+    for key in (f.name for f in fields(WorldParams)):
+        if key not in manifest:
+            raise ConfigError(f"{source}: malformed manifest: missing key {key!r}")
+        try:
+            values[key] = int(manifest[key])
+        except (TypeError, ValueError):
+            raise ConfigError(f"{source}: malformed manifest: {key!r} is not an integer") from None
+    values["months"] += extra_months
+    return WorldParams(**values)
 
 
 def advance(out: str | Path, steps: int = 1,
@@ -216,9 +226,9 @@ def advance(out: str | Path, steps: int = 1,
         raise ConfigError(f"{out_path}: no {MANIFEST}; --advance needs a folder written by synth")
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        params = params_from_manifest(manifest, steps)
-    except (ValueError, KeyError, TypeError) as exc:
+    except ValueError as exc:
         raise ConfigError(f"{manifest_path}: malformed manifest ({type(exc).__name__})") from None
+    params = params_from_manifest(manifest, steps, source=str(manifest_path))
     if steps < 1:
         raise ConfigError(f"--steps must be at least 1, got {steps}")
     started = time.perf_counter()

@@ -149,6 +149,27 @@ def test_refuses_foreign_non_empty_folder_unless_forced(tmp_path: Path) -> None:
         advance(tmp_path)
 
 
+@pytest.mark.parametrize("edit, named", [
+    (lambda m: m.pop("seed"), "malformed manifest: missing key 'seed'"),
+    (lambda m: m.pop("anchor"), "malformed manifest: missing key 'anchor'"),
+    (lambda m: m.update(months="many"), "malformed manifest: 'months' is not an integer"),
+])
+def test_advance_with_a_malformed_manifest_names_the_key(tmp_path: Path, edit, named) -> None:
+    from tests.test_cli import run
+
+    out = tmp_path / "c"
+    generate(out, enterprises=50, seed=1, months=6)
+    manifest = json.loads((out / "synth.json").read_text())
+    edit(manifest)
+    (out / "synth.json").write_text(json.dumps(manifest))
+    before = digest(out)
+    result = run("synth", "--out", str(out), "--advance")
+    assert result.returncode != 0
+    assert result.stderr.strip() == f"error: {out / 'synth.json'}: {named}"
+    assert "Traceback" not in result.stdout + result.stderr
+    assert digest(out) == before  # nothing rewritten
+
+
 def test_cli_json_summary_and_one_line_errors(tmp_path: Path) -> None:
     root = typer.Typer()
     root.add_typer(app)
