@@ -31,15 +31,22 @@ app.add_typer(audit_app, name="audit")
 def verify_log(
     log: Path = typer.Argument(..., exists=True, dir_okay=False, help="Audit log (JSON lines)."),
     public_key: Path = typer.Option(..., "--public-key", exists=True, dir_okay=False, help="The node's identity .pub file."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
 ) -> None:
     """Check every signature and chain link; exit 1 naming the first broken entry."""
     console = Console(highlight=False)
     try:
         count = verify(log, IdentityPublicKey.load(public_key))
     except AuditLogBroken as exc:
-        console.print(f"[red]broken[/] at entry {exc.index}: {exc.reason}")
+        if as_json:
+            print(json.dumps({"ok": False, "broken_at": exc.index, "reason": exc.reason}))
+        else:
+            console.print(f"[red]broken[/] at entry {exc.index}: {exc.reason}")
         raise typer.Exit(1) from None
-    console.print(f"[green]ok[/] {count} entries, chain and signatures intact")
+    if as_json:
+        print(json.dumps({"ok": True, "entries": count}))
+    else:
+        console.print(f"[green]ok[/] {count} entries, chain and signatures intact")
 
 
 def _entries(log: Path) -> Iterator[dict[str, Any]]:

@@ -60,9 +60,18 @@ def keygen(
 
 
 @lender_app.command("register")
-def register(key: Path = _KEY, gateway: str = _GATEWAY, pki: Path = _PKI, name: str = _NAME) -> None:
+def register(
+    key: Path = _KEY,
+    gateway: str = _GATEWAY,
+    pki: Path = _PKI,
+    name: str = _NAME,
+    as_json: bool = typer.Option(False, "--json", help="Print the key id as a JSON object."),
+) -> None:
     """Upload the public context (no secret key) to the gateway once; prints the key id."""
     key_id = _client(key, gateway, pki, name).register()
+    if as_json:
+        print(json.dumps({"key_id": key_id}))
+        return
     Console(highlight=False).print(f"registered key {key_id}")
 
 

@@ -65,6 +65,20 @@ def test_verify_names_the_edited_entry(node, index: int) -> None:
     assert f"at entry {index}:" in result.output
 
 
+def test_verify_json_gives_the_count_or_the_broken_entry(node) -> None:
+    root, plan = node
+    path = root / "audit.jsonl"
+    result = invoke("verify", path, "--public-key", root / "node.pub", "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout) == {"ok": True, "entries": len(plan)}
+    lines = path.read_text().splitlines()
+    lines[2] = lines[2].replace('"outcome":"allowed"', '"outcome":"refused"')
+    path.write_text("\n".join(lines) + "\n")
+    result = invoke("verify", path, "--public-key", root / "node.pub", "--json")
+    assert result.exit_code == 1
+    doc = json.loads(result.stdout)
+    assert doc["ok"] is False and doc["broken_at"] == 2 and doc["reason"]
+
+
 def test_verify_rejects_a_log_from_another_node(node) -> None:
     root, _ = node
     IdentityKey.generate().public_key.save(root / "other.pub")

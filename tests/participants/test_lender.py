@@ -268,6 +268,19 @@ def test_an_out_of_range_gateway_port_is_refused_naming_the_address(tmp_path) ->
         assert "Traceback" not in result.stdout + result.stderr
 
 
+def test_register_json_prints_the_key_id(monkeypatch, tmp_path) -> None:
+    import participants.lender_cli as lender_cli
+
+    class Registering:
+        def register(self) -> str:
+            return "ab" * 32
+
+    monkeypatch.setattr(lender_cli, "_client", lambda *args, **kwargs: Registering())
+    result = CliRunner().invoke(_root(), ["lender", "register", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"key_id": "ab" * 32}
+
+
 def test_cli_registers_and_scores_a_batch(world, tmp_path) -> None:
     dep = start_deployment(world, {h: AllowAll() for h in world.holders}, responder_core=monthly_core(world))
     try:
