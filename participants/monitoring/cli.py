@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -107,18 +108,25 @@ def list_(
 
 def _rules(config: AlertConfig, pd_above: float | None, pd_jump: float | None, downgrade: int | None,
            source_shift: float | None, explanations: bool | None) -> AlertRules:
-    """CLI flags override the TOML; the result is validated as a whole."""
+    """CLI flags override the TOML; the result is validated as a whole, and a bad flag is named."""
     data = config.rules.model_dump()
-    for key, value in (("pd_above", pd_above), ("pd_jump_points", pd_jump), ("grade_downgrade", downgrade),
-                       ("source_shift", source_shift)):
+    flags = {}
+    for key, option, value in (("pd_above", "--pd-above", pd_above), ("pd_jump_points", "--pd-jump", pd_jump),
+                               ("grade_downgrade", "--downgrade", downgrade),
+                               ("source_shift", "--source-shift", source_shift)):
         if value is not None:
             data[key] = value
+            flags[key] = option
     if explanations is not None:
         data["explanations"] = ExplanationPolicy(per_source_contributions=explanations).model_dump()
     try:
         return AlertRules.model_validate(data)
-    except ValueError as exc:
-        raise ConfigError(f"alert rules: {exc.errors()[0]['msg']}") from None  # type: ignore[attr-defined]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        option = flags.get(str(first["loc"][0])) if first["loc"] else None
+        if option is None:  # the rules as a whole: a flag against the TOML's explanation policy
+            raise ConfigError(f"alert rules: {first['msg'].removeprefix('Value error, ')}") from None
+        raise ConfigError(f"{option}: {first['msg']} (got {first['input']!r})") from None
 
 
 @monitor_app.command("run")

@@ -149,3 +149,20 @@ def test_cli_run_refuses_a_malformed_webhook_url_in_one_line(state, tmp_path) ->
                                       "--webhook", "not-a-url", "--key", str(tmp_path / "none.ckks")])
     assert isinstance(result.exception, ConfigError)
     assert str(result.exception).startswith("--webhook: url: ") and "not-a-url" not in str(result.exception)
+
+
+@pytest.mark.parametrize("flag, value, named", [
+    ("--pd-above", "5", "--pd-above: Input should be less than 1 (got 5.0)"),
+    ("--pd-jump", "0", "--pd-jump: Input should be greater than 0 (got 0.0)"),
+    ("--downgrade", "9", "--downgrade: Input should be less than or equal to 4 (got 9)"),
+    ("--source-shift", "-1", "--source-shift: Input should be greater than 0 (got -1.0)"),
+])
+def test_cli_run_names_the_alert_option_out_of_range(state, tmp_path, flag, value, named) -> None:
+    from tests.test_cli import run
+
+    result = run("monitor", "run", "--as-of", "2024-12", "--state-dir", str(state), flag, value,
+                 "--key", str(tmp_path / "none.ckks"))
+    assert result.returncode != 0
+    assert result.stderr.strip() == f"error: {named}"
+    assert "Traceback" not in result.stdout + result.stderr
+
