@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(BIN)/fedscore demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --timeout 900
+	$(BIN)/python -m pytest -n 2 --timeout 900 --durations=15
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
