@@ -221,7 +221,7 @@ def models_list(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Every registered model version, newest first."""
-    versions = ModelRegistry(state_dir).list(name)
+    versions = ModelRegistry(state_dir, create=False).list(name)
     if as_json:
         typer.echo(json.dumps([v.model_dump() for v in versions]))
         return
@@ -243,7 +243,7 @@ def models_show(
     state_dir: Path = typer.Option(DEFAULT_STATE, "--state-dir"),
 ) -> None:
     """One version in full (config, participants, metrics, lineage, where its weights are)."""
-    typer.echo(json.dumps(ModelRegistry(state_dir).get(ref).model_dump(), indent=2))
+    typer.echo(json.dumps(ModelRegistry(state_dir, create=False).get(ref).model_dump(), indent=2))
 
 
 # --- certs -------------------------------------------------------------------------------------

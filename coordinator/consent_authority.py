@@ -21,6 +21,7 @@ from crypto.audit import AuditLog, keyed_hash
 from crypto.errors import BadSignature, MalformedData
 from crypto.identity import IdentityKey, IdentityPublicKey
 from coordinator.consent_store import AuthorityStore
+from protocols._sqlite import require_existing
 from protocols.consent import (
     DEFAULT_REQUEST_MAX_AGE,
     AuditSink,
@@ -92,9 +93,12 @@ class ConsentAuthority:
         self._list_validity = list_validity
 
     @classmethod
-    def open(cls, state_dir: str | Path, *, clock: Clock = utc_now) -> "ConsentAuthority":
-        """The authority kept in ``state_dir`` (see :class:`StateFiles`), created on first use."""
+    def open(cls, state_dir: str | Path, *, clock: Clock = utc_now, create: bool = True) -> "ConsentAuthority":
+        """The authority kept in ``state_dir`` (see :class:`StateFiles`), created on first use unless
+        ``create=False``: then a missing folder or database is a :class:`ConfigError` naming the folder."""
         files = StateFiles(Path(state_dir))
+        if not create:
+            require_existing(files.root, files.db, "consent authority database", "fedscore consent enrol")
         files.root.mkdir(parents=True, exist_ok=True)
         if not files.key.exists():
             key = IdentityKey.generate()

@@ -108,8 +108,8 @@ def grant(
         raise ConfigError(format_validation_error(exc, "grant terms rejected")) from None
     if out is not None:  # a grant recorded at the authority but never saved would be half-done
         _check_writable(out, "--out")
-    authority = ConsentAuthority.open(state_dir)
-    issued = authority.grant(GrantRequest.create(terms, IdentityKey.load(key_file)))
+    request = GrantRequest.create(terms, IdentityKey.load(key_file))
+    issued = ConsentAuthority.open(state_dir, create=False).grant(request)
     if out is None:
         print(issued.model_dump_json(indent=1))
     else:
@@ -125,8 +125,9 @@ def revoke(
     state_dir: Path = _STATE,
 ) -> None:
     """Withdraw a grant now and republish the signed revocation list."""
-    authority = ConsentAuthority.open(state_dir)
-    revocation = authority.revoke(RevocationRequest.create(uscc, grant_id, IdentityKey.load(key_file)))
+    request = RevocationRequest.create(uscc, grant_id, IdentityKey.load(key_file))
+    authority = ConsentAuthority.open(state_dir, create=False)
+    revocation = authority.revoke(request)
     sequence = _publish(authority, state_dir)
     Console(highlight=False).print(
         f"revoked {revocation.grant_id} at {revocation.revoked_at.isoformat()}; revocation list #{sequence} published"
@@ -134,8 +135,8 @@ def revoke(
 
 
 def _statuses(uscc: str, key_file: Path, state_dir: Path) -> list[GrantStatus]:
-    authority = ConsentAuthority.open(state_dir)
-    return authority.status(StatusQuery.create(uscc, IdentityKey.load(key_file)))
+    query = StatusQuery.create(uscc, IdentityKey.load(key_file))
+    return ConsentAuthority.open(state_dir, create=False).status(query)
 
 
 def _scope(value: tuple[str, ...] | str) -> str:

@@ -34,7 +34,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from protocols._sqlite import connect as sqlite_connect
-from protocols._sqlite import closing_transaction, create_schema
+from protocols._sqlite import closing_transaction, create_schema, require_existing
 from protocols.errors import ProtocolError
 
 __all__ = [
@@ -125,13 +125,17 @@ class ModelRegistry:
     """SQLite-backed registry; one file per coordinator state directory.
 
     Every method opens its own short transaction, so a ServerApp process and the CLI can use the
-    same registry at the same time.
+    same registry at the same time. ``create=False`` opens an existing registry only (for commands
+    that read it): a missing folder or registry file is a :class:`ConfigError` naming the folder.
     """
 
-    def __init__(self, state_dir: Path | str) -> None:
+    def __init__(self, state_dir: Path | str, *, create: bool = True) -> None:
         self.state_dir = Path(state_dir)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.state_dir / REGISTRY_FILE
+        if not create:
+            require_existing(self.state_dir, self.path, "model registry", "fedscore train")
+            return
+        self.state_dir.mkdir(parents=True, exist_ok=True)
         create_schema(self.path, _SCHEMA)
 
     @contextmanager

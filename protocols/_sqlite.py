@@ -18,7 +18,26 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import ClassVar
 
+from protocols.errors import ConfigError
+
 BUSY_TIMEOUT_S = 30.0
+
+
+def require_existing(folder: str | Path, store: str | Path, what: str, made_by: str = "") -> None:
+    """Refuse to open a store that a reading command expects to be there.
+
+    Opening a store creates it (folder, file, schema), which is right for the commands that set up
+    state and wrong for those that only read it: a mistyped ``--state-dir`` would answer with an
+    empty store and leave a stray folder behind. ``what`` names the store ("model registry"),
+    ``made_by`` the command that creates it.
+    """
+    folder, store = Path(folder), Path(store)
+    hint = f" (made by '{made_by}')" if made_by else ""
+    if not folder.is_dir():
+        raise ConfigError(f"state folder {folder} does not exist; expected a {what} "
+                          f"{store.relative_to(folder)} there{hint}")
+    if not store.is_file():
+        raise ConfigError(f"state folder {folder} holds no {what}: {store} not found{hint}")
 
 
 def connect(path: str | Path, *, synchronous: str | None = None) -> sqlite3.Connection:

@@ -12,6 +12,18 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def run_in_process(capsys, *args: str) -> tuple[int, str]:
+    """``fedscore ARGS`` through the real entry point, in this process: (exit code, stdout + stderr)."""
+    import pytest
+
+    import fedscore
+
+    with pytest.raises(SystemExit) as exited:
+        fedscore.main(list(args))
+    captured = capsys.readouterr()
+    return int(exited.value.code or 0), captured.out + captured.err
+
+
 def test_uscc_validate_all_valid_exits_zero() -> None:
     result = run("uscc", "validate", "91350100M000100Y43", "91440300708461136T")
     assert result.returncode == 0, result.stderr

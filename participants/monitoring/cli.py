@@ -74,7 +74,7 @@ def remove(
     purge: bool = typer.Option(False, "--purge", help="Also delete their score history."),
 ) -> None:
     """Stop watching enterprises."""
-    watchlist = Watchlist(state_dir, lender)
+    watchlist = Watchlist(state_dir, lender, create=False)
     removed = sum(watchlist.remove(u, purge_history=purge) for u in usccs)
     _console().print(f"removed {removed} of {len(usccs)}; {len(watchlist)} on the watchlist")
 
@@ -86,7 +86,7 @@ def list_(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per entry."),
 ) -> None:
     """The watchlist with each enterprise's latest score."""
-    watchlist = Watchlist(state_dir, lender)
+    watchlist = Watchlist(state_dir, lender, create=False)
     months = watchlist.months()
     latest = watchlist.scores(months[-1]) if months else {}
     entries = watchlist.entries()
@@ -162,11 +162,12 @@ def run(
     config = load_alert_config(rules_file) if rules_file else AlertConfig()
     rules = _rules(config, pd_above, pd_jump, downgrade, source_shift, explanations)
     hook = validate_settings(WebhookConfig, {"url": webhook}, "--webhook") if webhook else config.webhook
+    watchlist = Watchlist(state_dir, lender, create=False)  # before keys, certificates and the network
     durable = JsonlSink(config.jsonl or state_dir / MONITORING_DIR / "alerts.jsonl")
     sinks = [ConsoleSink(_console(as_json))] + ([WebhookSink(hook)] if hook else [])
     client = LenderClient.connect(gateway, MutualTls.from_pki(pki, lender), LenderKeyPair.load(key),
                                   model_ref=model, timeout=timeout)
-    summary = run_month(Watchlist(state_dir, lender), SdkScorer(client, batch=batch), as_of, rules, durable, sinks)
+    summary = run_month(watchlist, SdkScorer(client, batch=batch), as_of, rules, durable, sinks)
     if as_json:
         print(summary.model_dump_json())
         return

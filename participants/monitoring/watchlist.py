@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from crypto.errors import BadSignature, MalformedData
 from crypto.identity import IdentityPublicKey
 from participants.monitoring.errors import GrantRequired, MonitoringError
-from protocols._sqlite import closing_transaction, connect, create_schema
+from protocols._sqlite import closing_transaction, connect, create_schema, require_existing
 from protocols.consent import Grant, Purpose, UTCDatetime, utc_now
 from protocols.feature_schemas import month_index
 from protocols.uscc import USCC, validate_uscc
@@ -138,13 +138,19 @@ CREATE INDEX IF NOT EXISTS scores_by_month ON scores (as_of);
 
 
 class Watchlist:
-    """A lender's watchlist and score history (``<state_dir>/monitoring/watchlist.sqlite3``)."""
+    """A lender's watchlist and score history (``<state_dir>/monitoring/watchlist.sqlite3``).
 
-    def __init__(self, state_dir: str | os.PathLike[str], lender: str) -> None:
+    ``create=False`` opens an existing watchlist only (for commands that read or re-score it): a
+    missing state folder or watchlist file is a :class:`ConfigError` naming the folder.
+    """
+
+    def __init__(self, state_dir: str | os.PathLike[str], lender: str, *, create: bool = True) -> None:
         self.lender = lender
         folder = Path(state_dir) / MONITORING_DIR
-        folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / WATCHLIST_FILE
+        if not create:
+            require_existing(state_dir, self.path, "watchlist", "fedscore monitor add")
+        folder.mkdir(parents=True, exist_ok=True)
         if not self.path.exists():
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         try:

@@ -13,6 +13,7 @@ from participants.datasets.fate import HORIZONTAL_CONFIG, VERTICAL_CONFIG
 from protocols.errors import ConfigError
 
 runner = CliRunner()
+ENTERPRISE = "91350100M000100Y43"
 
 
 def test_models_list_and_show_read_the_registry(tmp_path):
@@ -27,6 +28,33 @@ def test_models_list_and_show_read_the_registry(tmp_path):
     assert out.exit_code == 0 and json.loads(out.output)["metrics"]["final"]["test-auc"] == 0.73
     out = runner.invoke(app, ["models", "list", "--state-dir", str(tmp_path)])
     assert out.exit_code == 0 and "credit:v1" in out.output
+
+
+@pytest.mark.parametrize("args, holds", [
+    (["models", "list"], "model registry"),
+    (["models", "show", "credit:v1"], "model registry"),
+    (["consent", "status", ENTERPRISE], "consent authority database"),
+    (["consent", "list", ENTERPRISE, "--json"], "consent authority database"),
+    (["consent", "grant", ENTERPRISE, "--lender", "bank", "--purpose", "scoring"], "consent authority database"),
+    (["consent", "revoke", ENTERPRISE, "G" * 22], "consent authority database"),
+])
+@pytest.mark.parametrize("made", [False, True], ids=["missing", "empty"])
+def test_reading_commands_refuse_a_state_folder_without_their_store_and_create_nothing(tmp_path, capsys, args,
+                                                                                       holds, made):
+    from crypto.identity import IdentityKey
+    from tests.test_cli import run_in_process
+
+    state = tmp_path / "typo"
+    if made:
+        state.mkdir()
+    key = tmp_path / "sme.key"
+    IdentityKey.generate().save(key)
+    extra = ["--key-file", str(key)] if args[0] == "consent" else []
+    code, output = run_in_process(capsys, *args, *extra, "--state-dir", str(state))
+    assert code != 0 and "Traceback" not in output
+    assert output.strip().startswith(f"error: state folder {state} ")
+    assert holds in output and len(output.strip().splitlines()) == 1
+    assert state.is_dir() == made and (not made or not list(state.iterdir()))  # nothing created there
 
 
 def test_certs_for_a_consortium(tmp_path):

@@ -166,3 +166,25 @@ def test_cli_run_names_the_alert_option_out_of_range(state, tmp_path, flag, valu
     assert result.stderr.strip() == f"error: {named}"
     assert "Traceback" not in result.stdout + result.stderr
 
+
+
+@pytest.mark.parametrize("args", [
+    ["monitor", "list"],
+    ["monitor", "remove", USCC_B],
+    ["monitor", "run", "--as-of", "2024-12"],
+], ids=["list", "remove", "run"])
+@pytest.mark.parametrize("made", [False, True], ids=["missing", "empty"])
+def test_cli_reading_commands_refuse_a_state_folder_without_a_watchlist_and_create_nothing(tmp_path, capsys,
+                                                                                           args, made) -> None:
+    from tests.test_cli import run_in_process
+
+    state = tmp_path / "typo"
+    if made:
+        state.mkdir()
+    code, output = run_in_process(capsys, *args, "--state-dir", str(state), *(
+        ["--pki", str(tmp_path / "no-pki"), "--key", str(tmp_path / "none.ckks")] if "run" in args else []))
+    assert code != 0 and "Traceback" not in output
+    assert output.strip().startswith(f"error: state folder {state} ") and "watchlist" in output
+    assert "no-pki" not in output and "none.ckks" not in output  # the state is checked before keys and certificates
+    assert state.is_dir() == made and (not made or not list(state.iterdir()))  # nothing created there
+
