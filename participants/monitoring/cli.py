@@ -27,7 +27,8 @@ from participants.monitoring.alerts import (
     WebhookSink,
     load_alert_config,
 )
-from participants.monitoring.watchlist import MONITORING_DIR, Watchlist
+from participants.monitoring.errors import MonitoringError
+from participants.monitoring.watchlist import MONITORING_DIR, Watchlist, check_month
 from protocols.consortium import validate_settings
 from protocols.errors import ConfigError
 
@@ -159,10 +160,15 @@ def run(
     from protocols.scoring import MutualTls
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # the arguments first, then the lender's own state, then keys, certificates and the network
+    try:
+        check_month(as_of)
+    except MonitoringError as exc:
+        raise ConfigError(f"--as-of: {exc}") from None
     config = load_alert_config(rules_file) if rules_file else AlertConfig()
     rules = _rules(config, pd_above, pd_jump, downgrade, source_shift, explanations)
     hook = validate_settings(WebhookConfig, {"url": webhook}, "--webhook") if webhook else config.webhook
-    watchlist = Watchlist(state_dir, lender, create=False)  # before keys, certificates and the network
+    watchlist = Watchlist(state_dir, lender, create=False)
     durable = JsonlSink(config.jsonl or state_dir / MONITORING_DIR / "alerts.jsonl")
     sinks = [ConsoleSink(_console(as_json))] + ([WebhookSink(hook)] if hook else [])
     client = LenderClient.connect(gateway, MutualTls.from_pki(pki, lender), LenderKeyPair.load(key),

@@ -188,3 +188,13 @@ def test_cli_reading_commands_refuse_a_state_folder_without_a_watchlist_and_crea
     assert "no-pki" not in output and "none.ckks" not in output  # the state is checked before keys and certificates
     assert state.is_dir() == made and (not made or not list(state.iterdir()))  # nothing created there
 
+
+def test_cli_run_names_a_malformed_month_before_the_missing_state_and_pki(tmp_path, capsys) -> None:
+    from tests.test_cli import run_in_process
+
+    state = tmp_path / "lender-state"
+    code, output = run_in_process(capsys, "monitor", "run", "--as-of", "2024-13", "--state-dir", str(state),
+                                  "--pki", str(tmp_path / "no-pki"), "--key", str(tmp_path / "none.ckks"))
+    assert code != 0 and "Traceback" not in output
+    assert output.strip() == "error: --as-of: month '2024-13' is not YYYY-MM"
+    assert not state.exists()
