@@ -256,6 +256,7 @@ def certs(
     host: list[str] = typer.Option([], "--host", help="SAN host/IP of the servers (default 127.0.0.1, localhost)."),
     lender: str = typer.Option("lender", "--lender", help="Name in the lender's client certificate."),
     days: int = typer.Option(365, "--days", min=1),
+    as_json: bool = typer.Option(False, "--json", help="Print the paths written (never key material) as JSON."),
 ) -> None:
     """CA, SuperLink server cert, scoring gateway/responder/lender certs (mutual TLS), SuperNode keys."""
     from crypto.tls import DEFAULT_HOSTS, write_deployment_pki
@@ -266,6 +267,12 @@ def certs(
     if not names:
         raise ConfigError("name the participants with --config or --participant")
     pki = write_deployment_pki(out, names, hosts=tuple(host) or DEFAULT_HOSTS, lender=lender, days=days)
+    if as_json:
+        def paths(tree: dict[str, Any]) -> dict[str, Any]:
+            return {k: paths(v) if isinstance(v, dict) else str(out / v) for k, v in tree.items()}
+
+        typer.echo(json.dumps({"out": str(out), "manifest": str(out / "pki.json"), **paths(pki.manifest())}))
+        return
     console = Console()
     console.print(f"CA                {pki.ca_cert}  (keep {pki.ca_key.name} offline)")
     console.print(f"SuperLink         {pki.superlink_cert}")

@@ -51,6 +51,7 @@ DEFAULT_HOSTS: tuple[str, ...] = ("127.0.0.1", "localhost")
 _CURVE = ec.SECP384R1
 _HASH = hashes.SHA384
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
 
 def _now() -> _dt.datetime:
@@ -82,12 +83,18 @@ def _check_name(name: str) -> str:
 
 
 def _san(hosts: Iterable[str]) -> x509.SubjectAlternativeName:
+    """IP addresses and DNS names (RFC 1123 labels, an optional leading ``*.``); anything else is refused."""
     entries: list[x509.GeneralName] = []
     for host in hosts:
         try:
             entries.append(x509.IPAddress(ipaddress.ip_address(host)))
+            continue
         except ValueError:
-            entries.append(x509.DNSName(host))
+            pass
+        name = host.removeprefix("*.")
+        if len(host) > 253 or not all(_LABEL_RE.match(label) for label in name.split(".")):
+            raise InvalidCertificate(f"host {host!r} is neither an IP address nor a DNS name")
+        entries.append(x509.DNSName(host))
     if not entries:
         raise InvalidCertificate("a server certificate needs at least one host name or IP")
     return x509.SubjectAlternativeName(entries)
@@ -378,6 +385,7 @@ def write_deployment_pki(
     names = [_check_name(p) for p in participants]
     if len(set(names)) != len(names):
         raise InvalidCertificate("participant names must be unique")
+    _san(hosts)  # a bad host is refused before anything is written
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     ca = ca or create_ca()

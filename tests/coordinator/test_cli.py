@@ -57,6 +57,27 @@ def test_reading_commands_refuse_a_state_folder_without_their_store_and_create_n
     assert state.is_dir() == made and (not made or not list(state.iterdir()))  # nothing created there
 
 
+def test_certs_refuses_a_host_that_is_not_a_name_or_ip_before_writing_anything(tmp_path, capsys):
+    from tests.test_cli import run_in_process
+
+    out = tmp_path / "pki"
+    code, output = run_in_process(capsys, "certs", "--out", str(out), "-p", "bank", "--host", "localhost",
+                                  "--host", "not a host!!")
+    assert code != 0 and "Traceback" not in output
+    assert "'not a host!!'" in output and not out.exists()
+
+
+def test_certs_json_lists_the_paths_written_and_no_key_material(tmp_path):
+    out = runner.invoke(app, ["certs", "--out", str(tmp_path / "pki"), "-p", "bank", "--host", "10.0.0.7",
+                              "--host", "gw.example.org", "--json"])
+    assert out.exit_code == 0, out.output
+    doc = json.loads(out.output)
+    assert doc["ca_cert"] == str(tmp_path / "pki" / "ca.crt") and doc["ca_key"] == str(tmp_path / "pki" / "ca.key")
+    assert doc["scoring"]["responders"]["bank"]["key"] == str(tmp_path / "pki" / "scoring" / "bank.key")
+    assert doc["supernodes"]["bank"]["public_key"] == str(tmp_path / "pki" / "supernodes" / "bank.pub")
+    assert "PRIVATE KEY" not in out.output and "CERTIFICATE" not in out.output
+
+
 def test_certs_for_a_consortium(tmp_path):
     out = runner.invoke(app, ["certs", "--out", str(tmp_path / "pki"), "--config", str(HORIZONTAL_CONFIG)])
     assert out.exit_code == 0, out.output

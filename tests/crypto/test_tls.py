@@ -53,6 +53,19 @@ def test_a_foreign_ca_is_rejected(pki):
         verify_issued_by(load_certificate(pki.superlink_cert), impostor.cert)
 
 
+@pytest.mark.parametrize("host", ["not a host!!", "", "-lead.example", "a..b", "under_score.example", "x" * 64])
+def test_a_host_that_is_neither_an_ip_nor_a_dns_name_is_refused_by_name(host):
+    with pytest.raises(InvalidCertificate, match="neither an IP address nor a DNS name") as info:
+        create_ca().issue_server("superlink", ["localhost", host])
+    assert repr(host) in str(info.value)
+
+
+def test_ips_dns_names_and_a_wildcard_are_accepted():
+    cert = create_ca().issue_server("superlink", ["::1", "10.0.0.7", "gw-1.example.org", "*.svc.local"]).cert
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["gw-1.example.org", "*.svc.local"]
+
+
 def test_superlink_cert_names_loopback_and_is_server_only(pki):
     cert = load_certificate(pki.superlink_cert)
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
