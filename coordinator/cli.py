@@ -160,6 +160,7 @@ def train_horizontal(
     as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON."),
 ) -> None:
     """Encrypted FedAvg/FedProx across the consortium's banks; registers the model version."""
+    from coordinator.workflows.horizontal import config_from
     from coordinator.workflows.launch import simulate
 
     if model not in ("logistic", "mlp"):
@@ -167,9 +168,6 @@ def train_horizontal(
     if strategy not in ("fedavg", "fedprox"):
         raise ConfigError(f"--strategy must be fedavg or fedprox, not {strategy!r}")
     parse_widths(mlp_hidden, "--mlp-hidden")
-    state_dir.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="sim-", dir=state_dir))
-    result_file = workdir / "summary.json"
     options: dict[str, Any] = {
         "rounds": rounds, "model": model, "mlp-hidden": mlp_hidden, "strategy": strategy, "proximal-mu": proximal_mu,
         "local-epochs": local_epochs, "lr": lr, "batch-size": batch_size, "dp-noise": dp_noise, "dp-clip": dp_clip,
@@ -178,6 +176,10 @@ def train_horizontal(
     }
     if min_nodes is not None:
         options["min-nodes"] = min_nodes
+    config_from(options)  # what the run would refuse (--lr 0, --dp-delta 1 …) is refused before anything starts
+    state_dir.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="sim-", dir=state_dir))
+    result_file = workdir / "summary.json"
     run_config = horizontal_run_config(config, state_dir=state_dir, result_file=result_file,
                                        node_state_root=state_dir / "nodes", options=options)
     console = Console(stderr=as_json)

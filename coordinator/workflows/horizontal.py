@@ -67,6 +67,10 @@ class HorizontalConfig(BaseModel):
     publish_model: bool = Field(False, alias="publish-model")
     result_file: str = Field("", alias="result-file")
     report: bool = True
+    # Participants train with these; bounded here too so the command refuses them before any node starts.
+    local_epochs: int = Field(2, alias="local-epochs", ge=1, le=1000)
+    lr: float = Field(0.01, gt=0, le=10)
+    batch_size: int = Field(64, alias="batch-size", ge=1)
 
 
 def config_from(run_config: Mapping[str, Any]) -> HorizontalConfig:

@@ -98,6 +98,8 @@ def test_train_refuses_bad_choices_before_starting_anything(tmp_path):
     (["train", "vertical", "--hidden", "0,16"], "--hidden '0,16'"),
     (["train", "vertical", "--as-of", "2024-13"], "--as-of: invalid month '2024-13'"),
     (["train", "vertical", "--lr", "0"], "lr: Input should be greater than 0"),
+    (["train", "horizontal", "--lr", "0"], "lr: Input should be greater than 0"),
+    (["train", "horizontal", "--dp-delta", "1"], "dp-delta: Input should be less than 1"),
     (["train", "horizontal", "--mlp-hidden", "8,-4"], "--mlp-hidden '8,-4'"),
 ])
 def test_train_refuses_bad_numbers_naming_the_option_before_starting_anything(tmp_path, args, named):
