@@ -125,7 +125,11 @@ def revoke(
     state_dir: Path = _STATE,
 ) -> None:
     """Withdraw a grant now and republish the signed revocation list."""
-    request = RevocationRequest.create(uscc, grant_id, IdentityKey.load(key_file))
+    key = IdentityKey.load(key_file)
+    try:
+        request = RevocationRequest.create(uscc, grant_id, key)
+    except ValidationError as exc:  # a malformed USCC or grant id: one line naming it
+        raise ConfigError(format_validation_error(exc, "revocation rejected")) from None
     authority = ConsentAuthority.open(state_dir, create=False)
     revocation = authority.revoke(request)
     sequence = _publish(authority, state_dir)
@@ -135,7 +139,11 @@ def revoke(
 
 
 def _statuses(uscc: str, key_file: Path, state_dir: Path) -> list[GrantStatus]:
-    query = StatusQuery.create(uscc, IdentityKey.load(key_file))
+    key = IdentityKey.load(key_file)
+    try:
+        query = StatusQuery.create(uscc, key)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, "status query rejected")) from None
     return ConsentAuthority.open(state_dir, create=False).status(query)
 
 

@@ -255,3 +255,19 @@ def test_cli_grant_to_an_unwritable_out_records_nothing(tmp_path: Path) -> None:
     status = runner.invoke(app, ["consent", "status", ENTERPRISE, *where, "--json"])
     assert status.exit_code == 0 and status.output.strip() == ""  # no grant was recorded
     assert '"grant"' not in StateFiles(state).audit_log.read_text()
+
+
+@pytest.mark.parametrize("args, named", [
+    (["revoke", ENTERPRISE, "g-1"], "revocation rejected: grant_id: "),
+    (["status", "913501"], "status query rejected: enterprise: invalid USCC '913501'"),
+    (["list", "913501"], "status query rejected: enterprise: invalid USCC '913501'"),
+])
+def test_cli_malformed_uscc_or_grant_id_is_one_line_naming_it(tmp_path: Path, capsys, args, named) -> None:
+    from tests.test_cli import run_in_process
+
+    key, state = tmp_path / "sme.key", tmp_path / "state"
+    where = ["--key-file", str(key), "--state-dir", str(state)]
+    assert run_in_process(capsys, "consent", "enrol", ENTERPRISE, *where)[0] == 0
+    code, output = run_in_process(capsys, "consent", *args, *where)
+    assert code != 0 and "Traceback" not in output
+    assert output.strip().startswith(f"error: {named}") and len(output.strip().splitlines()) == 1
