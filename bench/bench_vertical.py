@@ -144,8 +144,6 @@ def _case(name: str, config: Path, state: Path, seed: int) -> list[dict]:
 def _oracle(config: Path, record, val, y, bank_only, rate: float) -> dict:
     """On a synthetic consortium: AUC and extra approvals of ranking by the simulator's true hazard at
     the as-of month, which no holder observes -- what even perfect knowledge of the firms' state adds."""
-    import json as _json
-
     from models.lending import compare
     from models.metrics import evaluate
     from participants.synth.oracle import true_hazard
@@ -155,7 +153,7 @@ def _oracle(config: Path, record, val, y, bank_only, rate: float) -> dict:
     manifest_path = config.parent / MANIFEST
     if not manifest_path.is_file():
         return {}
-    manifest = _json.loads(manifest_path.read_text(encoding="utf-8"))
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     as_of = month_index(manifest["as_of"])
     hazard = true_hazard(manifest, list(record.universe_ids[val]), [as_of])[as_of]
     return {"oracle_auc": round(evaluate(y, hazard).auc, 4),

@@ -44,33 +44,23 @@ from protocols.wire import horizontal as wire
 log = logging.getLogger("flwr").getChild("fedscore.horizontal")
 
 
-class HorizontalConfig(BaseModel):
-    """Run-config keys the coordinator acts on (``[tool.flwr.app.config]`` + ``--run-config``)."""
-
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+class HorizontalConfig(wire.SharedRunSettings):
+    """Run-config keys the coordinator acts on (``[tool.flwr.app.config]`` + ``--run-config``); the
+    training keys it shares with participants are validated here too, before any node starts."""
 
     rounds: int = Field(3, ge=1, le=1000)
-    model: str = Field("logistic", pattern="^(logistic|mlp)$")
     strategy: str = Field("fedavg", pattern="^(fedavg|fedprox)$")
     proximal_mu: float = Field(0.01, alias="proximal-mu", ge=0)
-    encrypted: bool = True
-    dp_noise: float = Field(0.0, alias="dp-noise", ge=0)
-    dp_clip: float = Field(1.0, alias="dp-clip", gt=0)
     dp_delta: float = Field(1e-5, alias="dp-delta", gt=0, lt=1)
     min_nodes: int = Field(2, alias="min-nodes", ge=1)
     expect_nodes: int = Field(0, alias="expect-nodes", ge=0)
     connect_timeout: float = Field(120.0, alias="connect-timeout", gt=0)
     round_timeout: float = Field(300.0, alias="round-timeout", gt=0)
     state_dir: str = Field("", alias="state-dir")
-    model_name: str = Field("horizontal-credit", alias="model-name")
     parent_version: str = Field("", alias="parent-version")
     publish_model: bool = Field(False, alias="publish-model")
     result_file: str = Field("", alias="result-file")
     report: bool = True
-    # Participants train with these; bounded here too so the command refuses them before any node starts.
-    local_epochs: int = Field(2, alias="local-epochs", ge=1, le=1000)
-    lr: float = Field(0.01, gt=0, le=10)
-    batch_size: int = Field(64, alias="batch-size", ge=1)
 
 
 def config_from(run_config: Mapping[str, Any]) -> HorizontalConfig:

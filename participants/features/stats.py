@@ -39,9 +39,9 @@ def _nanmean(block: np.ndarray) -> np.ndarray:
     return np.divide(total, count, out=np.full(count.shape, np.nan), where=count > 0)
 
 
-def _nanstd(block: np.ndarray) -> np.ndarray:
-    """Population standard deviation over the reported months (as ``np.nanstd``), NaN for none."""
-    mean = _nanmean(block)
+def _nanstd(block: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Population standard deviation over the reported months (as ``np.nanstd``), NaN for none;
+    ``mean`` is :func:`_nanmean` of the same block."""
     mask = ~np.isnan(block)
     count = mask.sum(axis=1)
     sq = np.where(mask, (block - mean[:, None]) ** 2, 0.0).sum(axis=1)
@@ -98,7 +98,7 @@ def compute(spec: FeatureSpec, grid: MonthGrid, as_of_index: int) -> np.ndarray:
             block = _window(raw, 11, 0)
             count = (~np.isnan(block)).sum(axis=1)
             mean = _nanmean(block)
-            std = _nanstd(block)
+            std = _nanstd(block, mean)
             out = np.where((count >= 2) & (mean > 0), std / mean, 0.0)
         elif stat == "drop3v6":
             out = _nanmean(_window(x, 8, 3)) - _nanmean(_window(x, 2, 0))

@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from sklearn.model_selection import train_test_split
 
 from crypto.ckks_keys import AggregationKey, EncryptedVector, decrypt, encrypt_vector
@@ -79,32 +79,22 @@ from protocols.wire.horizontal import (
     REC_CONFIG,
     REC_METRICS,
     REC_PAYLOAD,
+    SharedRunSettings,
 )
 
 CURVE_POINTS = 51  # ROC / KS curves leave the node as this many summary points, no thresholds
 
 
 # --- configuration ---------------------------------------------------------------------------
-class TrainSettings(BaseModel):
+class TrainSettings(SharedRunSettings):
     """The run-config keys a participant acts on (the rest is the coordinator's business)."""
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
-
-    model: str = Field("logistic", pattern="^(logistic|mlp)$")
-    mlp_hidden: str = Field("32,16", alias="mlp-hidden")
-    local_epochs: int = Field(2, alias="local-epochs", ge=1, le=1000)
-    lr: float = Field(0.01, gt=0, le=10)
-    batch_size: int = Field(64, alias="batch-size", ge=1)
     optimizer: str = Field("adam", pattern="^(adam|sgd)$")
     seed: int = 42
-    encrypted: bool = True
-    dp_noise: float = Field(0.0, alias="dp-noise", ge=0)
-    dp_clip: float = Field(1.0, alias="dp-clip", gt=0)
     val_fraction: float = Field(0.2, alias="val-fraction", gt=0, lt=1)
     consortium: str = ""
     test_data: str = Field("", alias="test-data")
     node_state_root: str = Field("", alias="node-state-root")
-    model_name: str = Field("horizontal-credit", alias="model-name")
 
     @property
     def hidden(self) -> tuple[int, ...]:

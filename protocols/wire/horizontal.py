@@ -25,6 +25,8 @@ Setup therefore costs two message rounds, and R training rounds cost R + 1 more.
 
 from __future__ import annotations
 
+from pydantic import BaseModel, ConfigDict, Field
+
 MSG_HELLO = "query.hfl_hello"
 MSG_KEYGEN = "query.hfl_keygen"
 MSG_FIT = "train.hfl_fit"
@@ -63,6 +65,24 @@ P_UPDATE = "update"
 A_AGGREGATE = "aggregate"
 A_UPDATE = "update"
 A_WEIGHTS = "weights"
+
+
+class SharedRunSettings(BaseModel):
+    """Run-config keys both sides read, with their bounds in one place: participants train with them,
+    and the coordinator refuses a bad value before any node starts."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    model: str = Field("logistic", pattern="^(logistic|mlp)$")
+    mlp_hidden: str = Field("32,16", alias="mlp-hidden")
+    local_epochs: int = Field(2, alias="local-epochs", ge=1, le=1000)
+    lr: float = Field(0.01, gt=0, le=10)
+    batch_size: int = Field(64, alias="batch-size", ge=1)
+    encrypted: bool = True
+    dp_noise: float = Field(0.0, alias="dp-noise", ge=0)
+    dp_clip: float = Field(1.0, alias="dp-clip", gt=0)
+    model_name: str = Field("horizontal-credit", alias="model-name")
+
 
 #: every wire name above, by constant name (tests check each ``MSG_*`` has a handler).
 ALL_NAMES: dict[str, str] = {k: v for k, v in dict(globals()).items() if k.isupper() and isinstance(v, str)}
