@@ -19,6 +19,11 @@ Setup, all point in time:
   recomputed from features as of that month, the top ``rate`` is flagged, and a later default is
   *warned early* when flagged at least ``lead`` months before it (see :mod:`.early_warning`).
 
+Two judge-only yardsticks bound what any model could do: the *oracle* ranks by the simulator's
+true hazard (latent state no holder records), and the *records ceiling*
+(:mod:`.ceiling`) fits the same panel to that true hazard instead of to labels, on every holder's
+features and on the bank's, which shows what the recorded features allow without label noise.
+
 Scoring uses :class:`~participants.monitoring.scorers.PlaintextScorer` — the same model evaluated
 in the clear — because 12 months × thousands of firms × 2 models through CKKS would cost minutes
 and change no PD beyond 1e-4 (tested on a small watchlist). Outcomes come from the bank's ledger,
@@ -49,6 +54,7 @@ from models.training import torch_threads
 from participants.datastore import LocalDataStore
 from participants.features import build_features
 from participants.model_store import StoredBottom
+from participants.monitoring.ceiling import HazardFit, panel_hazard
 from participants.monitoring.early_warning import NEVER, ModelOutcome, evaluate_model
 from participants.monitoring.errors import MonitoringError
 from participants.monitoring.scorers import PlaintextScorer
@@ -110,6 +116,9 @@ class EarlyWarningReport(BaseModel):
     oracle: ModelOutcome | None = Field(
         default=None, description="the simulator's true monthly hazard, which no holder observes: the ceiling "
                                   "any model of the recorded data could approach")
+    ceiling: list[ModelOutcome] = Field(
+        default_factory=list, description="the same training panel fitted to the true hazard instead of labels, "
+                                          "on every holder's features and on the bank's: what the records allow")
     target_ratio: float = TARGET_RATIO
     score_stability: list[StabilityReport] = Field(description="federated PD, month over month (lender)")
     feature_stability: list[StabilityReport] = Field(description="each holder's features, training month vs last")
@@ -122,6 +131,13 @@ class EarlyWarningReport(BaseModel):
         if self.oracle is None or self.oracle.warned_early <= bank:
             return None
         return (fed - bank) / (self.oracle.warned_early - bank)
+
+    @property
+    def ceiling_ratio(self) -> float | None:
+        """Early-warned defaults of the records ceiling, all holders' features / the bank's."""
+        if len(self.ceiling) != 2 or not self.ceiling[1].warned_early:
+            return None
+        return self.ceiling[0].warned_early / self.ceiling[1].warned_early
 
     @property
     def meets_target(self) -> bool:
@@ -261,6 +277,13 @@ def run_evaluation(synth_dir: str | Path, *, months: int = 12, enterprises: int 
     note("oracle: the simulator's true hazard")
     oracle = evaluate_model("oracle (true hazard)", true_hazard(manifest, usccs, window), default_month,
                             rate=rate, lead=lead)
+    note("records ceiling: the panel fitted to the true hazard")
+    hazard = panel_hazard(manifest, labels.index)
+    ceiling = []
+    for label, names in (("ceiling, all holders' records", list(stores)), ("ceiling, bank's records", [label_holder])):
+        fit = HazardFit(names, seed=recipe.plan.seed).fit(panel, labels.index, hazard)
+        scores = {m: fit.score(features_at(month_str(m)), watch.index) for m in window}
+        ceiling.append(evaluate_model(label, scores, default_month, rate=rate, lead=lead))
 
     score_drift = []
     for prev, cur in zip(window, window[1:]):
@@ -275,7 +298,7 @@ def run_evaluation(synth_dir: str | Path, *, months: int = 12, enterprises: int 
         synth_dir=str(path), enterprises=int(manifest["n"]), train_as_of=month_str(train_as_of),
         train_months=[month_str(t) for t in train_months], training_rows=len(labels), recipe=recipe, start=month_str(start),
         months=[month_str(m) for m in window], alert_rate=rate, lead=lead, watchlist=len(usccs), outcomes=outcomes,
-        ratio=ratio, oracle=oracle, score_stability=score_drift, feature_stability=holder_drift,
+        ratio=ratio, oracle=oracle, ceiling=ceiling, score_stability=score_drift, feature_stability=holder_drift,
         seconds=round(time.perf_counter() - started, 1),
     )
 
@@ -286,8 +309,9 @@ def render(report: EarlyWarningReport, console: Console | None = None) -> None:
                          f"of {report.watchlist:,} watched firms flagged monthly, warned >= {report.lead} months ahead"))
     for col in ("model", "defaults", "warned early", "share", "median lead (months)", "mean monthly AUC"):
         table.add_column(col, justify="left" if col == "model" else "right")
-    for o in [*report.outcomes, *([report.oracle] if report.oracle else [])]:
-        style = "dim" if o is report.oracle else None
+    yardsticks = [*([report.oracle] if report.oracle else []), *report.ceiling]
+    for o in [*report.outcomes, *yardsticks]:
+        style = "dim" if any(o is y for y in yardsticks) else None
         table.add_row(o.model, str(o.targets), str(o.warned_early), f"{o.share:.1%}",
                       "-" if o.median_lead is None else f"{o.median_lead:.0f}", f"{o.mean_auc:.3f}", style=style)
     ratio = "n/a" if report.ratio is None else f"{report.ratio:.2f}x"
@@ -299,6 +323,9 @@ def render(report: EarlyWarningReport, console: Console | None = None) -> None:
     if report.oracle is not None and (headroom := report.headroom_captured) is not None:
         table.caption += (f"; the oracle row ranks by the simulator's true hazard, which no holder sees: the "
                           f"federated model captures {headroom:.0%} of the oracle's gain over bank-only")
+    if (ceiling := report.ceiling_ratio) is not None:
+        table.caption += (f"; the ceiling rows fit the same panel to the true hazard instead of labels: with a "
+                          f"perfect target the records give {ceiling:.2f}x")
     console.print(table)
     drift = Table(title="stability (PSI): > 0.25 retrain, 0.1-0.25 watch")
     for col in ("scope", "reference", "current", "worst variable", "PSI", "status"):
