@@ -1,8 +1,13 @@
-"""``fedscore audit verify|show``: check a node's audit log and read it by enterprise, lender and time.
+"""``fedscore audit verify|head|show``: check a node's audit log and read it by enterprise, lender and time.
 
 Any node's log (holder or consent authority) is read the same way. Enterprises appear in the log
 only as keyed hashes; ``--enterprise`` computes the hash with the node's pseudonym key, so only a
 holder of that key (the node, or a regulator it hands the key to) can select one enterprise.
+
+A chain proves that no entry was edited, inserted or reordered, but not that the log was not cut
+short (an emptied log verifies as zero entries). ``audit head`` has the node sign its log's entry
+count and last hash; published elsewhere (a regulator's inbox, another disk), it lets
+``audit verify --head`` detect truncation below it.
 """
 
 from __future__ import annotations
@@ -15,9 +20,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from crypto.audit import keyed_hash, verify
-from crypto.errors import AuditLogBroken
-from crypto.identity import IdentityPublicKey
+from crypto.audit import AuditLog, keyed_hash, verify
+from crypto.errors import AuditLogBroken, BadSignature, MalformedData
+from crypto.identity import IdentityKey, IdentityPublicKey
 from protocols.cli import parse_instant
 from protocols.consent import load_pseudonym_key
 from protocols.uscc import validate_uscc
@@ -31,22 +36,68 @@ app.add_typer(audit_app, name="audit")
 def verify_log(
     log: Path = typer.Argument(..., exists=True, dir_okay=False, help="Audit log (JSON lines)."),
     public_key: Path = typer.Option(..., "--public-key", exists=True, dir_okay=False, help="The node's identity .pub file."),
+    head: Optional[Path] = typer.Option(
+        None, "--head", exists=True, dir_okay=False,
+        help="A signed head from 'audit head' published earlier: also detect entries cut off below it."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
 ) -> None:
     """Check every signature and chain link; exit 1 naming the first broken entry."""
     console = Console(highlight=False)
+    key = IdentityPublicKey.load(public_key)
+    signed_head = _load_head(head) if head is not None else None
     try:
-        count = verify(log, IdentityPublicKey.load(public_key))
+        count = verify(log, key, head=signed_head)
+    except (BadSignature, MalformedData) as exc:
+        raise typer.BadParameter(f"{head}: not a head signed by this node ({exc})", param_hint="--head") from None
     except AuditLogBroken as exc:
         if as_json:
             print(json.dumps({"ok": False, "broken_at": exc.index, "reason": exc.reason}))
         else:
             console.print(f"[red]broken[/] at entry {exc.index}: {exc.reason}")
         raise typer.Exit(1) from None
+    anchored = signed_head is not None
     if as_json:
-        print(json.dumps({"ok": True, "entries": count}))
+        print(json.dumps({"ok": True, "entries": count, "head_checked": anchored}))
     else:
-        console.print(f"[green]ok[/] {count} entries, chain and signatures intact")
+        console.print(f"[green]ok[/] {count} entries, chain and signatures intact"
+                      + (", none cut off below the signed head" if anchored else
+                         " (without --head, a log cut short cannot be told from a short one)"))
+
+
+def _load_head(path: Path) -> dict[str, Any]:
+    """A head file's envelope (its signature is checked by ``verify``), or a one-line error naming the file."""
+    try:
+        head = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise typer.BadParameter(f"{path} is not JSON; expected the output of 'audit head'", param_hint="--head") from None
+    if not isinstance(head, dict):
+        raise typer.BadParameter(f"{path} is not a signed head from 'audit head'", param_hint="--head")
+    return head
+
+
+@audit_app.command("head")
+def head_of_log(
+    log: Path = typer.Argument(..., exists=True, dir_okay=False, help="Audit log (JSON lines)."),
+    identity_key: Path = typer.Option(..., "--identity-key", exists=True, dir_okay=False,
+                                      help="The node's keys/identity.key (signs the head)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the signed head here (default: print it)."),
+) -> None:
+    """Sign the log's entry count and last hash (after verifying it), to publish out of the node's reach."""
+    key = IdentityKey.load(identity_key)
+    if out is not None and out.is_dir():
+        raise typer.BadParameter(f"{out} is a directory; give a file path", param_hint="--out")
+    try:
+        verify(log, key.public_key)
+    except AuditLogBroken as exc:
+        raise typer.BadParameter(f"{log} is broken at entry {exc.index} ({exc.reason}); refusing to sign its head",
+                                 param_hint="LOG") from None
+    with AuditLog(log, key) as appender:
+        signed = appender.head()
+    text = json.dumps(signed, sort_keys=True)
+    if out is None:
+        print(text)
+    else:
+        out.write_text(text + "\n", encoding="utf-8")
 
 
 def _entries(log: Path) -> Iterator[dict[str, Any]]:

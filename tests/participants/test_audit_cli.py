@@ -69,7 +69,7 @@ def test_verify_json_gives_the_count_or_the_broken_entry(node) -> None:
     root, plan = node
     path = root / "audit.jsonl"
     result = invoke("verify", path, "--public-key", root / "node.pub", "--json")
-    assert result.exit_code == 0 and json.loads(result.stdout) == {"ok": True, "entries": len(plan)}
+    assert result.exit_code == 0 and json.loads(result.stdout) == {"ok": True, "entries": len(plan), "head_checked": False}
     lines = path.read_text().splitlines()
     lines[2] = lines[2].replace('"outcome":"allowed"', '"outcome":"refused"')
     path.write_text("\n".join(lines) + "\n")
@@ -117,3 +117,67 @@ def test_show_table_and_bad_date(node) -> None:
     result = invoke("show", root / "audit.jsonl")
     assert result.exit_code == 0 and result.output.count("scoring") == len(plan)
     assert invoke("show", root / "audit.jsonl", "--since", "yesterday").exit_code != 0
+
+
+def _head(root: Path, key_file: Path, out: Path):
+    return invoke("head", root / "audit.jsonl", "--identity-key", key_file, "--out", out)
+
+
+@pytest.fixture
+def signed(node):
+    """The node's log with a signed head published, the identity key kept beside it."""
+    root, plan = node
+    key = IdentityKey.generate()
+    key.public_key.save(root / "node.pub")   # a fresh identity signs a fresh log
+    key.save(root / "identity.key")
+    (root / "audit.jsonl").unlink()
+    with AuditLog(root / "audit.jsonl", key) as log:
+        for i in range(4):
+            log.append({"action": "use", "outcome": "allowed", "at": (T0 + timedelta(days=i)).isoformat()})
+    result = _head(root, root / "identity.key", root / "head.json")
+    assert result.exit_code == 0, result.output
+    return root, key
+
+
+@pytest.mark.parametrize("keep", [0, 2])
+def test_verify_with_a_signed_head_catches_a_log_cut_short(signed, keep: int) -> None:
+    root, _ = signed
+    path = root / "audit.jsonl"
+    path.write_text("".join(line + "\n" for line in path.read_text().splitlines()[:keep]))
+    alone = invoke("verify", path, "--public-key", root / "node.pub", "--json")
+    assert alone.exit_code == 0 and json.loads(alone.output) == {"ok": True, "entries": keep, "head_checked": False}
+    result = invoke("verify", path, "--public-key", root / "node.pub", "--head", root / "head.json", "--json")
+    assert result.exit_code == 1
+    assert json.loads(result.output)["reason"] == f"log truncated: signed head has 4 entries, file has {keep}"
+
+
+def test_verify_with_a_signed_head_accepts_entries_appended_after_it(signed) -> None:
+    root, key = signed
+    with AuditLog(root / "audit.jsonl", key) as log:
+        log.append({"action": "use", "outcome": "denied", "at": T0.isoformat()})
+    result = invoke("verify", root / "audit.jsonl", "--public-key", root / "node.pub", "--head", root / "head.json",
+                    "--json")
+    assert result.exit_code == 0 and json.loads(result.output) == {"ok": True, "entries": 5, "head_checked": True}
+
+
+def test_a_head_signed_by_another_node_or_not_a_head_is_refused_naming_the_file(signed) -> None:
+    root, _ = signed
+    other = IdentityKey.generate()
+    other.save(root / "other.key")
+    forged = other.seal("audit.head/v1", {"count": 0, "last_hash": "0" * 64, "signer": other.fingerprint})
+    (root / "forged.json").write_text(json.dumps(forged))
+    (root / "junk.json").write_text("not json")
+    for bad in ("forged.json", "junk.json"):
+        result = invoke("verify", root / "audit.jsonl", "--public-key", root / "node.pub", "--head", root / bad)
+        assert result.exit_code == 2 and bad in result.output, result.output
+        assert "Traceback" not in result.output
+
+
+def test_head_refuses_to_sign_a_broken_log(signed) -> None:
+    root, _ = signed
+    path = root / "audit.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], lines[2], lines[1], lines[3]]) + "\n")
+    result = _head(root, root / "identity.key", root / "again.json")
+    assert result.exit_code == 2 and "entry 1" in result.output
+    assert not (root / "again.json").exists()
