@@ -108,8 +108,8 @@ def grant(
         raise ConfigError(format_validation_error(exc, "grant terms rejected")) from None
     if out is not None:  # a grant recorded at the authority but never saved would be half-done
         _check_writable(out, "--out")
-    request = GrantRequest.create(terms, IdentityKey.load(key_file))
-    issued = ConsentAuthority.open(state_dir, create=False).grant(request)
+    authority = ConsentAuthority.open(state_dir, create=False)  # a wrong folder is named before the key is read
+    issued = authority.grant(GrantRequest.create(terms, IdentityKey.load(key_file)))
     if out is None:
         print(issued.model_dump_json(indent=1))
     else:
@@ -125,12 +125,12 @@ def revoke(
     state_dir: Path = _STATE,
 ) -> None:
     """Withdraw a grant now and republish the signed revocation list."""
+    authority = ConsentAuthority.open(state_dir, create=False)
     key = IdentityKey.load(key_file)
     try:
         request = RevocationRequest.create(uscc, grant_id, key)
     except ValidationError as exc:  # a malformed USCC or grant id: one line naming it
         raise ConfigError(format_validation_error(exc, "revocation rejected")) from None
-    authority = ConsentAuthority.open(state_dir, create=False)
     revocation = authority.revoke(request)
     sequence = _publish(authority, state_dir)
     Console(highlight=False).print(
@@ -139,12 +139,13 @@ def revoke(
 
 
 def _statuses(uscc: str, key_file: Path, state_dir: Path) -> list[GrantStatus]:
+    authority = ConsentAuthority.open(state_dir, create=False)
     key = IdentityKey.load(key_file)
     try:
         query = StatusQuery.create(uscc, key)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, "status query rejected")) from None
-    return ConsentAuthority.open(state_dir, create=False).status(query)
+    return authority.status(query)
 
 
 def _scope(value: tuple[str, ...] | str) -> str:

@@ -57,6 +57,18 @@ def test_reading_commands_refuse_a_state_folder_without_their_store_and_create_n
     assert state.is_dir() == made and (not made or not list(state.iterdir()))  # nothing created there
 
 
+@pytest.mark.parametrize("args", [["status", ENTERPRISE], ["list", ENTERPRISE],
+                                  ["grant", ENTERPRISE, "--lender", "bank", "--purpose", "scoring"],
+                                  ["revoke", ENTERPRISE, "G" * 22]])
+def test_consent_names_a_wrong_state_folder_before_looking_for_the_key(tmp_path, capsys, args):
+    from tests.test_cli import run_in_process
+
+    state, key = tmp_path / "typo", tmp_path / "nowhere.key"
+    code, output = run_in_process(capsys, "consent", *args, "--key-file", str(key), "--state-dir", str(state))
+    assert code != 0 and output.strip().startswith(f"error: state folder {state} "), output
+    assert str(key) not in output and not state.exists()
+
+
 def test_certs_refuses_a_host_that_is_not_a_name_or_ip_before_writing_anything(tmp_path, capsys):
     from tests.test_cli import run_in_process
 
