@@ -156,10 +156,10 @@ def gateway_pki(tmp_path_factory):
     (["--address", "bad host:50051"], "invalid host 'bad host'"),
     (["--model", "nosuch:v1"], "--model: model 'nosuch:v1' is not in the registry ("),
 ])
-def test_serve_gateway_refuses_a_bad_address_or_model_before_reporting_ready(tmp_path, gateway_pki, extra, named):
-    from tests.test_cli import run
+def test_serve_gateway_refuses_a_bad_address_or_model_before_reporting_ready(capsys, tmp_path, gateway_pki, extra, named):
+    from tests.test_cli import run_here
 
-    result = run("serve", "gateway", "--consortium", str(VERTICAL_CONFIG), "--pki", str(gateway_pki),
+    result = run_here(capsys, "serve", "gateway", "--consortium", str(VERTICAL_CONFIG), "--pki", str(gateway_pki),
                  "--state-dir", str(tmp_path / "coordinator"), *extra)
     assert result.returncode != 0
     assert '"ready"' not in result.stdout

@@ -232,11 +232,11 @@ def test_cli_grant_with_bad_terms_is_one_line_naming_the_field(tmp_path: Path) -
     assert "\n" not in message and "pydantic" not in message
 
 
-def test_cli_grant_to_an_unwritable_out_records_nothing(tmp_path: Path) -> None:
+def test_cli_grant_to_an_unwritable_out_records_nothing(capsys, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from coordinator.consent_cli import app
-    from tests.test_cli import run
+    from tests.test_cli import run_here
 
     runner = CliRunner()
     key, state = tmp_path / "sme.key", tmp_path / "state"
@@ -247,8 +247,8 @@ def test_cli_grant_to_an_unwritable_out_records_nothing(tmp_path: Path) -> None:
     for out, problem in ((tmp_path / "adir", "is a directory"),
                          (tmp_path / "nowhere" / "g.json", f"no such folder {tmp_path / 'nowhere'}"),
                          (tmp_path / "afile" / "g.json", f"no such folder {tmp_path / 'afile'}")):
-        result = run("consent", "grant", ENTERPRISE, *where, "--lender", "bank-a", "--purpose", "scoring",
-                     "--out", str(out))
+        result = run_here(capsys, "consent", "grant", ENTERPRISE, *where, "--lender", "bank-a", "--purpose",
+                          "scoring", "--out", str(out))
         assert result.returncode != 0
         assert result.stderr.strip() == f"error: --out {out}: {problem}"
         assert "Traceback" not in result.stdout + result.stderr

@@ -208,8 +208,8 @@ def test_batch_file_errors_name_the_line(world, tmp_path) -> None:
         load_grants([tmp_path / "g.jsonl"])
 
 
-def test_a_batch_file_naming_no_enterprise_is_refused_before_calling_the_gateway(tmp_path) -> None:
-    from tests.test_cli import run
+def test_a_batch_file_naming_no_enterprise_is_refused_before_calling_the_gateway(capsys, tmp_path) -> None:
+    from tests.test_cli import run_here
 
     grant = tmp_path / "g.json"
     grant.write_text(json.dumps({"terms": {"enterprise": "91350100M000100Y43"}}))
@@ -220,7 +220,7 @@ def test_a_batch_file_naming_no_enterprise_is_refused_before_calling_the_gateway
         with pytest.raises(InvalidRequest, match=f"{name}: the batch file names no enterprise"):
             read_batch(tmp_path / name, load_grants([grant]))
     # no key and no gateway exist: the command must stop at the batch file, before either is used
-    result = run("score", "--batch", str(tmp_path / "empty.txt"), "--grant", str(grant),
+    result = run_here(capsys, "score", "--batch", str(tmp_path / "empty.txt"), "--grant", str(grant),
                  "--key", str(tmp_path / "absent.ckks"), "--gateway", "127.0.0.1:9")
     assert result.returncode != 0
     assert f"{tmp_path / 'empty.txt'}: the batch file names no enterprise (no USCC)" in result.stderr
@@ -252,8 +252,8 @@ def test_keygen_writes_a_private_key_and_refuses_to_overwrite(tmp_path) -> None:
     assert "gateway" in help_text and "responder" in help_text
 
 
-def test_an_out_of_range_gateway_port_is_refused_naming_the_address(tmp_path) -> None:
-    from tests.test_cli import run
+def test_an_out_of_range_gateway_port_is_refused_naming_the_address(capsys, tmp_path) -> None:
+    from tests.test_cli import run_here
 
     key = tmp_path / "lender.ckks"
     LenderKeyPair.generate().save(key)
@@ -262,7 +262,7 @@ def test_an_out_of_range_gateway_port_is_refused_naming_the_address(tmp_path) ->
     common = ["--key", str(key), "--pki", str(tmp_path / "pki")]
     for args in (["score", "91350100M000100Y43", "--grant", str(grant), "--gateway", "127.0.0.1:99999", *common],
                  ["lender", "register", "--gateway", "127.0.0.1:99999", *common]):
-        result = run(*args)
+        result = run_here(capsys, *args)
         assert result.returncode != 0, args
         assert "gateway: address '127.0.0.1:99999': port must be an integer in 1..65535" in result.stderr
         assert "Traceback" not in result.stdout + result.stderr

@@ -157,10 +157,10 @@ def test_cli_run_refuses_a_malformed_webhook_url_in_one_line(state, tmp_path) ->
     ("--downgrade", "9", "--downgrade: Input should be less than or equal to 4 (got 9)"),
     ("--source-shift", "-1", "--source-shift: Input should be greater than 0 (got -1.0)"),
 ])
-def test_cli_run_names_the_alert_option_out_of_range(state, tmp_path, flag, value, named) -> None:
-    from tests.test_cli import run
+def test_cli_run_names_the_alert_option_out_of_range(capsys, state, tmp_path, flag, value, named) -> None:
+    from tests.test_cli import run_here
 
-    result = run("monitor", "run", "--as-of", "2024-12", "--state-dir", str(state), flag, value,
+    result = run_here(capsys, "monitor", "run", "--as-of", "2024-12", "--state-dir", str(state), flag, value,
                  "--key", str(tmp_path / "none.ckks"))
     assert result.returncode != 0
     assert result.stderr.strip() == f"error: {named}"

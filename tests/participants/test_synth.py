@@ -154,8 +154,8 @@ def test_refuses_foreign_non_empty_folder_unless_forced(tmp_path: Path) -> None:
     (lambda m: m.pop("anchor"), "malformed manifest: missing key 'anchor'"),
     (lambda m: m.update(months="many"), "malformed manifest: 'months' is not an integer"),
 ])
-def test_advance_with_a_malformed_manifest_names_the_key(tmp_path: Path, edit, named) -> None:
-    from tests.test_cli import run
+def test_advance_with_a_malformed_manifest_names_the_key(capsys, tmp_path: Path, edit, named) -> None:
+    from tests.test_cli import run_here
 
     out = tmp_path / "c"
     generate(out, enterprises=50, seed=1, months=6)
@@ -163,7 +163,7 @@ def test_advance_with_a_malformed_manifest_names_the_key(tmp_path: Path, edit, n
     edit(manifest)
     (out / "synth.json").write_text(json.dumps(manifest))
     before = digest(out)
-    result = run("synth", "--out", str(out), "--advance")
+    result = run_here(capsys, "synth", "--out", str(out), "--advance")
     assert result.returncode != 0
     assert result.stderr.strip() == f"error: {out / 'synth.json'}: {named}"
     assert "Traceback" not in result.stdout + result.stderr
