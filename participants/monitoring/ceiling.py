@@ -21,11 +21,11 @@ import numpy as np
 import pandas as pd
 from sklearn.ensemble import HistGradientBoostingRegressor
 
-from participants.synth.oracle import true_hazard
+from participants.synth.oracle import TrueHazard
 from protocols.feature_schemas import month_index
 
 
-def panel_hazard(manifest: Mapping, index: pd.MultiIndex) -> np.ndarray:
+def panel_hazard(oracle: TrueHazard, index: pd.MultiIndex) -> np.ndarray:
     """The true hazard of each (as_of, id) row of a training panel."""
     out = np.empty(len(index))
     as_of = index.get_level_values(0)
@@ -33,7 +33,7 @@ def panel_hazard(manifest: Mapping, index: pd.MultiIndex) -> np.ndarray:
     for key in as_of.unique():
         rows = np.flatnonzero(as_of == key)
         m = month_index(str(key))
-        out[rows] = true_hazard(manifest, list(ids[rows]), [m])[m]
+        out[rows] = oracle(list(ids[rows]), [m])[m]
     return out
 
 

@@ -60,7 +60,7 @@ from participants.monitoring.errors import MonitoringError
 from participants.monitoring.scorers import PlaintextScorer
 from participants.monitoring.stability import StabilityReport, clock_features, feature_stability, score_stability
 from participants.synth import advance, generate
-from participants.synth.oracle import true_hazard
+from participants.synth.oracle import TrueHazard
 from participants.synth.writer import MANIFEST
 from protocols.consortium import load_consortium
 from protocols.feature_schemas import LABEL_HORIZON_MONTHS, LABEL_LEDGER, month_index, month_str
@@ -275,12 +275,12 @@ def run_evaluation(synth_dir: str | Path, *, months: int = 12, enterprises: int 
     fed, bank = outcomes
     ratio = fed.warned_early / bank.warned_early if bank.warned_early else None
     note("oracle: the simulator's true hazard")
-    oracle = evaluate_model("oracle (true hazard)", true_hazard(manifest, usccs, window), default_month,
-                            rate=rate, lead=lead)
+    hazard_of = TrueHazard(manifest)
+    oracle = evaluate_model("oracle (true hazard)", hazard_of(usccs, window), default_month, rate=rate, lead=lead)
     note("records ceiling: the panel fitted to the true hazard")
-    hazard = panel_hazard(manifest, labels.index)
+    hazard = panel_hazard(hazard_of, labels.index)
     ceiling = []
-    for label, names in (("ceiling, all holders' records", list(stores)), ("ceiling, bank's records", [label_holder])):
+    for label, names in (("ceiling: all holders", list(stores)), ("ceiling: bank", [label_holder])):
         fit = HazardFit(names, seed=recipe.plan.seed).fit(panel, labels.index, hazard)
         scores = {m: fit.score(features_at(month_str(m)), watch.index) for m in window}
         ceiling.append(evaluate_model(label, scores, default_month, rate=rate, lead=lead))
@@ -308,7 +308,7 @@ def render(report: EarlyWarningReport, console: Console | None = None) -> None:
     table = Table(title=(f"early warning, {report.months[0]}..{report.months[-1]}: top {report.alert_rate:.0%} "
                          f"of {report.watchlist:,} watched firms flagged monthly, warned >= {report.lead} months ahead"))
     for col in ("model", "defaults", "warned early", "share", "median lead (months)", "mean monthly AUC"):
-        table.add_column(col, justify="left" if col == "model" else "right")
+        table.add_column(col, justify="left" if col == "model" else "right", no_wrap=col == "model")
     yardsticks = [*([report.oracle] if report.oracle else []), *report.ceiling]
     for o in [*report.outcomes, *yardsticks]:
         style = "dim" if any(o is y for y in yardsticks) else None

@@ -16,6 +16,7 @@ from participants.features import build_features
 from participants.monitoring.ceiling import HazardFit, panel_hazard
 from participants.monitoring.early_warning import ModelOutcome
 from participants.synth import generate
+from participants.synth.oracle import TrueHazard
 from participants.synth.world import simulate_world
 from participants.synth.writer import MANIFEST, params_from_manifest
 from protocols.consortium import load_consortium
@@ -39,7 +40,7 @@ def test_panel_hazard_is_the_simulators_hazard_of_each_enterprise_month(world: P
     months = [START - LABEL_HORIZON_MONTHS - 3, START - LABEL_HORIZON_MONTHS]
     _, labels = ev.training_panel(lambda m: {n: build_features(s.schema.kind, s.records, m)
                                              for n, s in stores.items()}, stores["bank"], months, START)
-    got = panel_hazard(manifest, labels.index)
+    got = panel_hazard(TrueHazard(manifest), labels.index)
 
     sim = simulate_world(params_from_manifest(manifest))
     row = pd.Index(sim.uscc.astype(str))
