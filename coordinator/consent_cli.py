@@ -9,7 +9,6 @@ holders (their freshness bound, 60 s by default, must exceed the interval).
 from __future__ import annotations
 
 import json
-import os
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -32,7 +31,7 @@ from protocols.consent import (
     StatusQuery,
     utc_now,
 )
-from protocols.cli import parse_instant
+from protocols.cli import check_writable, parse_instant
 from protocols.consortium import format_validation_error
 from protocols.errors import ConfigError
 
@@ -44,16 +43,6 @@ DEFAULT_STATE_DIR = Path.home() / ".fedscore" / "consent"
 _STATE = typer.Option(DEFAULT_STATE_DIR, "--state-dir", help="Consent authority state directory.")
 _KEY = typer.Option(..., "--key-file", help="The enterprise's Ed25519 secret key file.")
 _JSON = typer.Option(False, "--json", help="Machine-readable output.")
-
-
-def _check_writable(path: Path, option: str) -> None:
-    """Refuse an output file that cannot be written, before anything is recorded that it should hold."""
-    if path.is_dir():
-        raise ConfigError(f"{option} {path}: is a directory")
-    if not path.parent.is_dir():
-        raise ConfigError(f"{option} {path}: no such folder {path.parent}")
-    if not os.access(path if path.exists() else path.parent, os.W_OK):
-        raise ConfigError(f"{option} {path}: not writable")
 
 
 def _publish(authority: ConsentAuthority, state_dir: Path) -> int:
@@ -107,7 +96,7 @@ def grant(
     except ValidationError as exc:  # one line naming the first bad field, not pydantic's report
         raise ConfigError(format_validation_error(exc, "grant terms rejected")) from None
     if out is not None:  # a grant recorded at the authority but never saved would be half-done
-        _check_writable(out, "--out")
+        check_writable(out, "--out")
     authority = ConsentAuthority.open(state_dir, create=False)  # a wrong folder is named before the key is read
     issued = authority.grant(GrantRequest.create(terms, IdentityKey.load(key_file)))
     if out is None:

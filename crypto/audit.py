@@ -204,8 +204,8 @@ class AuditLog:
         """Signed ``{count, last_hash}`` of the log as it is now (publish it to detect truncation)."""
         with self._lock:
             self._refresh()
-            payload = {"count": self._next_seq, "last_hash": self._last_hash, "signer": self._identity.fingerprint}
-        return self._identity.seal(_HEAD_DOMAIN, payload)
+            count, last_hash = self._next_seq, self._last_hash
+        return _seal_head(self._identity, count, last_hash)
 
     def close(self) -> None:
         with self._lock:
@@ -238,10 +238,26 @@ def verify(
 ) -> int:
     """Check the whole chain; return the number of entries or raise :class:`AuditLogBroken`.
 
-    With ``head`` (from :meth:`AuditLog.head`), also detect truncation below that head; a head not
-    signed by ``public_key`` raises :class:`BadSignature`.
+    With ``head`` (from :meth:`AuditLog.head` or :func:`sign_head`), also detect truncation below that
+    head; a head not signed by ``public_key`` raises :class:`BadSignature`.
     """
-    raw = Path(path).read_bytes()
+    return len(_verified_lines(Path(path).read_bytes(), public_key, head))
+
+
+def sign_head(path: str | os.PathLike[str], identity: IdentityKey) -> dict[str, Any]:
+    """Verify a log and sign its head (as :meth:`AuditLog.head`) from the same bytes, read-only: an
+    entry appended meanwhile is neither signed unchecked nor written, and a missing log is not created."""
+    lines = _verified_lines(Path(path).read_bytes(), identity.public_key, None)
+    last_hash = _line_hash(lines[-1]) if lines else genesis_hash(identity.fingerprint)
+    return _seal_head(identity, len(lines), last_hash)
+
+
+def _seal_head(identity: IdentityKey, count: int, last_hash: str) -> dict[str, Any]:
+    return identity.seal(_HEAD_DOMAIN, {"count": count, "last_hash": last_hash, "signer": identity.fingerprint})
+
+
+def _verified_lines(raw: bytes, public_key: IdentityPublicKey, head: Mapping[str, Any] | None) -> list[bytes]:
+    """The log's entry lines after every check of :func:`verify`."""
     if raw and not raw.endswith(b"\n"):
         # a final line without newline is an interrupted append or an edit; report it by index
         lines = raw.split(b"\n")
@@ -299,4 +315,4 @@ def verify(
         expected = genesis_hash(fp) if count == 0 else _line_hash(lines[count - 1])
         if expected != last_hash:
             raise AuditLogBroken(max(count - 1, 0), "entry does not match the signed head: log rewritten")
-    return len(lines)
+    return lines

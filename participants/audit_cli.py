@@ -13,6 +13,7 @@ count and last hash; published elsewhere (a regulator's inbox, another disk), it
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -20,10 +21,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from crypto.audit import AuditLog, keyed_hash, verify
+from crypto.audit import keyed_hash, sign_head, verify
 from crypto.errors import AuditLogBroken, BadSignature, MalformedData
 from crypto.identity import IdentityKey, IdentityPublicKey
-from protocols.cli import parse_instant
+from protocols.cli import check_writable, parse_instant
+from protocols.errors import ConfigError
 from protocols.consent import load_pseudonym_key
 from protocols.uscc import validate_uscc
 
@@ -48,7 +50,7 @@ def verify_log(
     try:
         count = verify(log, key, head=signed_head)
     except (BadSignature, MalformedData) as exc:
-        raise typer.BadParameter(f"{head}: not a head signed by this node ({exc})", param_hint="--head") from None
+        raise ConfigError(f"--head {head}: not a head signed by this node ({exc})") from None
     except AuditLogBroken as exc:
         if as_json:
             print(json.dumps({"ok": False, "broken_at": exc.index, "reason": exc.reason}))
@@ -69,35 +71,36 @@ def _load_head(path: Path) -> dict[str, Any]:
     try:
         head = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError):
-        raise typer.BadParameter(f"{path} is not JSON; expected the output of 'audit head'", param_hint="--head") from None
+        raise ConfigError(f"--head {path}: not JSON; expected the output of 'audit head'") from None
     if not isinstance(head, dict):
-        raise typer.BadParameter(f"{path} is not a signed head from 'audit head'", param_hint="--head")
+        raise ConfigError(f"--head {path}: not a signed head from 'audit head'")
     return head
 
 
 @audit_app.command("head")
 def head_of_log(
     log: Path = typer.Argument(..., exists=True, dir_okay=False, help="Audit log (JSON lines)."),
-    identity_key: Path = typer.Option(..., "--identity-key", exists=True, dir_okay=False,
-                                      help="The node's keys/identity.key (signs the head)."),
+    identity_key: Path = typer.Option(..., "--identity-key", help="The node's keys/identity.key (signs the head)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the signed head here (default: print it)."),
 ) -> None:
-    """Sign the log's entry count and last hash (after verifying it), to publish out of the node's reach."""
+    """Sign the log's entry count and last hash (after verifying it), to publish out of the node's reach.
+    Reads the log only."""
+    if out is not None:
+        check_writable(out, "--out")
+        if out.resolve() == log.resolve():
+            raise ConfigError(f"--out {out}: is the log itself")
     key = IdentityKey.load(identity_key)
-    if out is not None and out.is_dir():
-        raise typer.BadParameter(f"{out} is a directory; give a file path", param_hint="--out")
     try:
-        verify(log, key.public_key)
+        signed = sign_head(log, key)
     except AuditLogBroken as exc:
-        raise typer.BadParameter(f"{log} is broken at entry {exc.index} ({exc.reason}); refusing to sign its head",
-                                 param_hint="LOG") from None
-    with AuditLog(log, key) as appender:
-        signed = appender.head()
+        raise ConfigError(f"{log}: broken at entry {exc.index} ({exc.reason}); refusing to sign its head") from None
     text = json.dumps(signed, sort_keys=True)
     if out is None:
         print(text)
-    else:
-        out.write_text(text + "\n", encoding="utf-8")
+        return
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(text + "\n", encoding="utf-8")
+    os.replace(tmp, out)
 
 
 def _entries(log: Path) -> Iterator[dict[str, Any]]:

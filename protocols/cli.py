@@ -4,12 +4,14 @@ commands share (the role packages cannot import each other's CLI helpers)."""
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime, timezone
+from pathlib import Path
 
 import typer
 from rich.console import Console
 
-from protocols.errors import InvalidUSCC
+from protocols.errors import ConfigError, InvalidUSCC
 from protocols.uscc import validate_uscc
 
 app = typer.Typer(no_args_is_help=True)
@@ -24,6 +26,16 @@ def parse_instant(text: str, option: str) -> datetime:
     except ValueError:
         raise typer.BadParameter(f"{text!r} is not an ISO date (2025-03-01) or date-time", param_hint=option) from None
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def check_writable(path: Path, option: str) -> None:
+    """Refuse an output file that cannot be written, before anything is recorded that it should hold."""
+    if path.is_dir():
+        raise ConfigError(f"{option} {path}: is a directory")
+    if not path.parent.is_dir():
+        raise ConfigError(f"{option} {path}: no such folder {path.parent}")
+    if not os.access(path if path.exists() else path.parent, os.W_OK):
+        raise ConfigError(f"{option} {path}: not writable")
 
 
 @uscc_app.command("validate")

@@ -1,13 +1,14 @@
-"""The records ceiling: how far the holders' recorded features can go at all, on a synthetic world.
+"""The records ceiling: how much of the federation gain the holders' recorded features carry, on a
+synthetic world, once label noise is taken away.
 
-The oracle row ranks firms by the simulator's true hazard, which is a function of latent factors
-no holder records exactly. That leaves open whether a model falls short of the oracle because it
-learns badly or because the records do not carry the signal. This yardstick separates the two:
-a gradient-boosting regressor is fitted, on the same training panel as the models, to the *true*
+The oracle row ranks firms by the simulator's true hazard, a function of latent factors no holder
+records exactly. That leaves open whether a model falls short of the oracle because it learns
+badly or because the records do not carry the signal. This yardstick separates the two: a
+gradient-boosting regressor is fitted, on the same training panel as the models, to the *true*
 logit hazard of every enterprise-month instead of the sparse 0/1 default labels, once on every
-holder's features and once on the bank's alone. Its early warning is what the recorded features
-allow when estimation noise from labels is taken away; the ratio of the two is the federation gain
-the records could give under a perfect learner.
+holder's features and once on the bank's alone, and its monthly ranking is judged like the models'.
+It is a reference, not a bound: another learner or target (say the 12-month cumulative hazard)
+lands a few early-warned defaults either side, but its held-out fit of the hazard is as good.
 
 Judge-only, like :mod:`participants.synth.oracle`: it reads the simulator's hazard, so it is never
 used to train or score anything a holder or lender sees.

@@ -19,10 +19,10 @@ Setup, all point in time:
   recomputed from features as of that month, the top ``rate`` is flagged, and a later default is
   *warned early* when flagged at least ``lead`` months before it (see :mod:`.early_warning`).
 
-Two judge-only yardsticks bound what any model could do: the *oracle* ranks by the simulator's
-true hazard (latent state no holder records), and the *records ceiling*
+Two judge-only yardsticks put the models' figures in context: the *oracle* ranks by the
+simulator's true hazard (latent state no holder records), and the *records ceiling*
 (:mod:`.ceiling`) fits the same panel to that true hazard instead of to labels, on every holder's
-features and on the bank's, which shows what the recorded features allow without label noise.
+features and on the bank's: a reference for what the recorded features give without label noise.
 
 Scoring uses :class:`~participants.monitoring.scorers.PlaintextScorer` — the same model evaluated
 in the clear — because 12 months × thousands of firms × 2 models through CKKS would cost minutes
@@ -324,8 +324,8 @@ def render(report: EarlyWarningReport, console: Console | None = None) -> None:
         table.caption += (f"; the oracle row ranks by the simulator's true hazard, which no holder sees: the "
                           f"federated model captures {headroom:.0%} of the oracle's gain over bank-only")
     if (ceiling := report.ceiling_ratio) is not None:
-        table.caption += (f"; the ceiling rows fit the same panel to the true hazard instead of labels: with a "
-                          f"perfect target the records give {ceiling:.2f}x")
+        table.caption += (f"; the ceiling rows fit the same panel to the true hazard instead of labels: with "
+                          f"that target the records give {ceiling:.2f}x")
     console.print(table)
     drift = Table(title="stability (PSI): > 0.25 retrain, 0.1-0.25 watch")
     for col in ("scope", "reference", "current", "worst variable", "PSI", "status"):

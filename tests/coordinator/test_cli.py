@@ -156,6 +156,7 @@ def gateway_pki(tmp_path_factory):
     (["--address", "bad host:50051"], "invalid host 'bad host'"),
     (["--model", "nosuch:v1"], "--model: model 'nosuch:v1' is not in the registry ("),
 ])
+@pytest.mark.timeout(60)  # in process: a regression that starts serving must fail, not hang the worker
 def test_serve_gateway_refuses_a_bad_address_or_model_before_reporting_ready(capsys, tmp_path, gateway_pki, extra, named):
     from tests.test_cli import run_here
 

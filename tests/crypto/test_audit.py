@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from crypto.audit import AuditLog, keyed_hash, verify
+from crypto.audit import AuditLog, keyed_hash, sign_head, verify
 from crypto.errors import AuditLogBroken, BadSignature, MalformedData
 from crypto.identity import IdentityKey
 
@@ -121,6 +121,27 @@ def test_tail_truncation_needs_the_signed_head(log_path, node):
     forged_head = IdentityKey.generate().seal("audit.head/v1", {**head["payload"], "count": N - 2})
     with pytest.raises(BadSignature):
         verify(log_path, node.public_key, head=forged_head)
+
+
+def test_sign_head_is_the_appenders_head_read_only(log_path, node, tmp_path):
+    with AuditLog(log_path, node) as log:
+        expected = log.head()["payload"]
+    before = log_path.read_bytes()
+    head = sign_head(log_path, node)
+    assert node.public_key.open(head, "audit.head/v1") == expected and log_path.read_bytes() == before
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    assert node.public_key.open(sign_head(empty, node), "audit.head/v1")["count"] == 0
+    with pytest.raises(FileNotFoundError):
+        sign_head(tmp_path / "missing.jsonl", node)
+    assert not (tmp_path / "missing.jsonl").exists()   # an appender would have created it
+
+
+def test_sign_head_refuses_a_broken_log(log_path, node):
+    ls = lines(log_path)
+    write(log_path, [ls[1], ls[0], *ls[2:]])
+    with pytest.raises(AuditLogBroken):
+        sign_head(log_path, node)
 
 
 def test_rewritten_log_fails_the_head(log_path, node, tmp_path):

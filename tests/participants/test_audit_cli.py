@@ -119,12 +119,15 @@ def test_show_table_and_bad_date(node) -> None:
     assert invoke("show", root / "audit.jsonl", "--since", "yesterday").exit_code != 0
 
 
-def _head(root: Path, key_file: Path, out: Path):
-    return invoke("head", root / "audit.jsonl", "--identity-key", key_file, "--out", out)
+def _head(capsys, root: Path, key_file: Path, out: Path):
+    from tests.test_cli import run_here
+
+    return run_here(capsys, "audit", "head", str(root / "audit.jsonl"), "--identity-key", str(key_file),
+                    "--out", str(out))
 
 
 @pytest.fixture
-def signed(node):
+def signed(node, capsys):
     """The node's log with a signed head published, the identity key kept beside it."""
     root, plan = node
     key = IdentityKey.generate()
@@ -134,8 +137,8 @@ def signed(node):
     with AuditLog(root / "audit.jsonl", key) as log:
         for i in range(4):
             log.append({"action": "use", "outcome": "allowed", "at": (T0 + timedelta(days=i)).isoformat()})
-    result = _head(root, root / "identity.key", root / "head.json")
-    assert result.exit_code == 0, result.output
+    result = _head(capsys, root, root / "identity.key", root / "head.json")
+    assert result.returncode == 0, result.stderr
     return root, key
 
 
@@ -160,24 +163,33 @@ def test_verify_with_a_signed_head_accepts_entries_appended_after_it(signed) -> 
     assert result.exit_code == 0 and json.loads(result.output) == {"ok": True, "entries": 5, "head_checked": True}
 
 
-def test_a_head_signed_by_another_node_or_not_a_head_is_refused_naming_the_file(signed) -> None:
+def test_a_bad_or_foreign_head_is_one_error_line_naming_the_file(signed, capsys) -> None:
+    from tests.test_cli import run_here
+
     root, _ = signed
     other = IdentityKey.generate()
-    other.save(root / "other.key")
     forged = other.seal("audit.head/v1", {"count": 0, "last_hash": "0" * 64, "signer": other.fingerprint})
     (root / "forged.json").write_text(json.dumps(forged))
     (root / "junk.json").write_text("not json")
-    for bad in ("forged.json", "junk.json"):
-        result = invoke("verify", root / "audit.jsonl", "--public-key", root / "node.pub", "--head", root / bad)
-        assert result.exit_code == 2 and bad in result.output, result.output
-        assert "Traceback" not in result.output
+    (root / "fields.json").write_text(json.dumps({"count": 4}))
+    for bad in ("forged.json", "junk.json", "fields.json"):
+        result = run_here(capsys, "audit", "verify", str(root / "audit.jsonl"), "--public-key", str(root / "node.pub"),
+                          "--head", str(root / bad))
+        assert result.returncode == 2 and result.stderr.startswith(f"error: --head {root / bad}: "), result.stderr
+        assert len(result.stderr.splitlines()) == 1 and result.stdout == ""
 
 
-def test_head_refuses_to_sign_a_broken_log(signed) -> None:
+def test_head_refuses_a_broken_log_and_a_bad_out_before_writing(signed, capsys) -> None:
     root, _ = signed
     path = root / "audit.jsonl"
-    lines = path.read_text().splitlines()
+    before = path.read_bytes()
+    for out, problem in ((path, "is the log itself"), (root / "nowhere" / "h.json", f"no such folder {root / 'nowhere'}"),
+                         (root, "is a directory")):
+        result = _head(capsys, root, root / "identity.key", out)
+        assert result.returncode == 2 and result.stderr.strip() == f"error: --out {out}: {problem}"
+    assert path.read_bytes() == before
+    lines = before.decode().splitlines()
     path.write_text("\n".join([lines[0], lines[2], lines[1], lines[3]]) + "\n")
-    result = _head(root, root / "identity.key", root / "again.json")
-    assert result.exit_code == 2 and "entry 1" in result.output
+    result = _head(capsys, root, root / "identity.key", root / "again.json")
+    assert result.returncode == 2 and result.stderr.startswith(f"error: {path}: broken at entry 1 ")
     assert not (root / "again.json").exists()
