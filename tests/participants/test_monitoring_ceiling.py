@@ -61,8 +61,8 @@ def _frames(rng: np.random.Generator, n: int) -> tuple[dict[str, pd.DataFrame], 
 
 
 def test_the_fit_ranks_by_the_hazard_when_its_holders_carry_the_signal_and_not_otherwise() -> None:
-    train, ids, hazard = _frames(np.random.default_rng(0), 3000)
-    test, test_ids, test_hazard = _frames(np.random.default_rng(1), 2000)
+    train, ids, hazard = _frames(np.random.default_rng(0), 1500)
+    test, test_ids, test_hazard = _frames(np.random.default_rng(1), 1000)
     known = np.arange(len(test_ids)) < int(0.8 * len(test_ids))
 
     both = HazardFit(["a", "b"]).fit(train, ids, hazard).score(test, test_ids)
