@@ -170,6 +170,19 @@ def test_state_survives_restart(world) -> None:
     assert lst.sequence > seq and grant.grant_id in lst.revoked_ids()
 
 
+@pytest.mark.parametrize("lost", ["key", "pseudonym_key"])
+@pytest.mark.parametrize("create", [True, False])
+def test_a_lost_authority_key_is_never_regenerated_beside_its_database(world, lost: str, create: bool) -> None:
+    _, _, _, clock, root = world
+    files = StateFiles(root)
+    assert files.db.exists()
+    getattr(files, lost).unlink()
+    with pytest.raises(ConfigError, match="restore it from a backup") as info:
+        ConsentAuthority.open(root, clock=clock, create=create)
+    assert str(getattr(files, lost)) in str(info.value)
+    assert not getattr(files, lost).exists()
+
+
 def test_audit_log_verifies_and_holds_only_keyed_hashes(world) -> None:
     authority, key, _, clock, root = world
     grant = authority.grant(GrantRequest.create(terms(), key, now=clock.now))
