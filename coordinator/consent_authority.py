@@ -35,13 +35,12 @@ from protocols.consent import (
     StatusQuery,
     UseRecord,
     UseReport,
-    create_pseudonym_key,
+    audit_keys,
     grant_state,
-    load_pseudonym_key,
     new_grant_id,
     utc_now,
 )
-from protocols.errors import ConfigError, ConsentError, NotAuthenticated, UnknownGrant
+from protocols.errors import ConsentError, NotAuthenticated, UnknownGrant
 from protocols.uscc import validate_uscc
 
 __all__ = ["ConsentAuthority", "StateFiles", "publish_revocation_list"]
@@ -99,25 +98,11 @@ class ConsentAuthority:
         files = StateFiles(Path(state_dir))
         if not create:
             require_existing(files.root, files.db, "consent authority database", "fedscore consent enrol")
-        if files.db.exists():
-            # An authority with grants keeps its keys: a new identity key would make every holder (which
-            # pins the old public key) refuse its grants and revocation lists, and a new pseudonym key
-            # would unlink the audit trail's enterprise hashes. A lost key is restored, never regenerated.
-            for path, what in ((files.key, "identity key"), (files.pseudonym_key, "pseudonym key")):
-                if not path.is_file():
-                    raise ConfigError(f"{path}: the consent authority's {what} is missing beside its database "
-                                      f"{files.db}; restore it from a backup (a new one would not match "
-                                      "what holders and the audit log already use)")
         files.root.mkdir(parents=True, exist_ok=True)
-        if not files.key.exists():
-            key = IdentityKey.generate()
-            key.save(files.key)
+        key, hash_key = audit_keys(files.key, files.pseudonym_key, state=(files.db, files.audit_log),
+                                   owner="consent authority")
+        if not files.public_key.exists():
             key.public_key.save(files.public_key)
-        key = IdentityKey.load(files.key)
-        hash_key = (
-            load_pseudonym_key(files.pseudonym_key) if files.pseudonym_key.exists()
-            else create_pseudonym_key(files.pseudonym_key)
-        )
         return cls(
             store=AuthorityStore(files.db), key=key, audit=AuditLog(files.audit_log, key),
             hash_key=hash_key, clock=clock,

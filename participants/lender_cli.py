@@ -145,13 +145,13 @@ def serve_responder_cmd(
 ) -> None:
     """Run this holder's scoring responder (mutual TLS; only the gateway may call)."""
     from crypto.audit import AuditLog
-    from crypto.identity import IdentityKey, IdentityPublicKey
+    from crypto.identity import IdentityPublicKey
     from participants.consent import ConsentGuard, FileRevocationSource
     from participants.consent_store import HolderStore
     from participants.datastore import LocalDataStore
     from participants.model_store import LocalModelStore
     from participants.scoring_responder import MonthlyEmbeddings, ResponderCore, serve_responder
-    from protocols.consent import create_pseudonym_key, load_pseudonym_key
+    from protocols.consent import audit_keys
     from protocols.consortium import load_consortium
     from protocols.scoring import MutualTls, ScoringLimits, feature_month
 
@@ -165,14 +165,12 @@ def serve_responder_cmd(
     state = state_dir or Path(part.data_dir) / "state"  # type: ignore[arg-type]
     consent_dir = state / "consent"
     consent_dir.mkdir(parents=True, exist_ok=True)
-    node_key_file = consent_dir / "node.key"
-    if not node_key_file.exists():
-        IdentityKey.generate().save(node_key_file)
-    pseudonym = consent_dir / "pseudonym.key"
-    hash_key = load_pseudonym_key(pseudonym) if pseudonym.exists() else create_pseudonym_key(pseudonym)
+    node_key, hash_key = audit_keys(consent_dir / "node.key", consent_dir / "pseudonym.key",
+                                    state=(consent_dir / "consent.db", consent_dir / "audit.jsonl"),
+                                    owner=f"{participant} responder")
     guard = ConsentGuard(
         node=participant, authority_key=IdentityPublicKey.load(authority_key), store=HolderStore(consent_dir / "consent.db"),
-        source=FileRevocationSource(revocations), audit=AuditLog(consent_dir / "audit.jsonl", IdentityKey.load(node_key_file)),
+        source=FileRevocationSource(revocations), audit=AuditLog(consent_dir / "audit.jsonl", node_key),
         hash_key=hash_key, max_list_age=timedelta(seconds=max_list_age),
     )
     refs = [ref for ref in (r.strip() for r in model.split(",")) if ref]

@@ -22,7 +22,7 @@ import base64
 import binascii
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from enum import StrEnum
 from pathlib import Path
@@ -103,6 +103,26 @@ def load_pseudonym_key(path: str | os.PathLike[str]) -> bytes:
     if header != _PSEUDONYM_HEADER or len(key) != PSEUDONYM_KEY_BYTES:
         raise ConfigError(f"{path}: not a fedscore pseudonym key file")
     return key
+
+
+def audit_keys(key_path: Path, pseudonym_path: Path, *, state: Sequence[Path], owner: str) -> tuple[IdentityKey, bytes]:
+    """A node's audit identity key and pseudonym key: created together on first use, loaded after.
+
+    Once the node has ``state`` (its database, its audit log), a missing key is a ConfigError, never
+    regenerated: a new identity would not match what peers pin and what signed the log, a new
+    pseudonym key would unlink every enterprise hash already in the log."""
+    existing = [p for p in state if p.exists()]
+    if existing:
+        for path, what in ((key_path, "identity key"), (pseudonym_path, "pseudonym key")):
+            if not path.is_file():
+                raise ConfigError(f"{path}: the {owner}'s {what} is missing beside its state {existing[0]}; restore "
+                                  "it from a backup (a new one would not match what peers and the audit log already use)")
+    if not key_path.exists():
+        key_path.parent.mkdir(parents=True, exist_ok=True)
+        IdentityKey.generate().save(key_path)
+    key = IdentityKey.load(key_path)
+    hash_key = load_pseudonym_key(pseudonym_path) if pseudonym_path.exists() else create_pseudonym_key(pseudonym_path)
+    return key, hash_key
 
 
 def new_grant_id() -> str:

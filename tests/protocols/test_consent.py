@@ -198,3 +198,24 @@ def test_requests_carry_fresh_nonces() -> None:
     assert a.nonce != b.nonce
     a.verify(key.public_key)
     assert new_grant_id() != new_grant_id() and len(new_grant_id()) >= 32
+
+
+def test_audit_keys_are_created_once_and_never_regenerated_once_the_node_has_state(tmp_path) -> None:
+    from protocols.consent import audit_keys
+    from protocols.errors import ConfigError
+
+    key_path, pseudonym, db = tmp_path / "keys" / "node.key", tmp_path / "keys" / "pseudonym.key", tmp_path / "x.db"
+    key, hash_key = audit_keys(key_path, pseudonym, state=(db,), owner="tax responder")
+    again, hash_again = audit_keys(key_path, pseudonym, state=(db,), owner="tax responder")
+    assert (again.fingerprint, hash_again) == (key.fingerprint, hash_key)
+
+    db.write_bytes(b"")   # the node now has state: its keys are part of it
+    for lost in (key_path, pseudonym):
+        saved = lost.read_bytes()
+        lost.unlink()
+        with pytest.raises(ConfigError, match="tax responder's .* is missing beside its state"):
+            audit_keys(key_path, pseudonym, state=(db,), owner="tax responder")
+        assert not lost.exists()
+        lost.write_bytes(saved)
+        lost.chmod(0o600)   # restored from a backup, private again
+    assert audit_keys(key_path, pseudonym, state=(db,), owner="tax responder")[1] == hash_key
