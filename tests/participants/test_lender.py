@@ -314,3 +314,18 @@ def test_cli_registers_and_scores_a_batch(world, tmp_path) -> None:
         assert "month 2025-06 is beyond bank's data" in str(future.exception)
     finally:
         dep.stop()
+
+
+def test_serve_responder_refuses_to_regenerate_a_lost_audit_key(capsys, tmp_path) -> None:
+    from participants.datasets.fate import VERTICAL_CONFIG
+    from tests.test_cli import run_here
+
+    consent = tmp_path / "state" / "consent"
+    consent.mkdir(parents=True)
+    (consent / "consent.db").write_bytes(b"")   # the responder has served before; its node.key is gone
+    result = run_here(capsys, "serve", "responder", "--consortium", str(VERTICAL_CONFIG), "--participant", "bureau",
+                      "--model", "credit:v1", "--state-dir", str(tmp_path / "state"),
+                      "--authority-key", str(tmp_path / "authority.pub"), "--revocations", str(tmp_path / "r.json"))
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: {consent / 'node.key'}: the bureau responder's identity key is missing")
+    assert not (consent / "node.key").exists() and not (consent / "pseudonym.key").exists()

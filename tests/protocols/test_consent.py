@@ -219,3 +219,16 @@ def test_audit_keys_are_created_once_and_never_regenerated_once_the_node_has_sta
         lost.write_bytes(saved)
         lost.chmod(0o600)   # restored from a backup, private again
     assert audit_keys(key_path, pseudonym, state=(db,), owner="tax responder")[1] == hash_key
+
+
+def test_a_pseudonym_key_is_private_never_replaced_and_leaves_no_temporary_file(tmp_path) -> None:
+    import stat
+
+    from protocols.consent import create_pseudonym_key, load_pseudonym_key
+
+    path = tmp_path / "pseudonym.key"
+    key = create_pseudonym_key(path)
+    assert load_pseudonym_key(path) == key and stat.S_IMODE(path.stat().st_mode) == 0o600
+    with pytest.raises(FileExistsError):
+        create_pseudonym_key(path)
+    assert load_pseudonym_key(path) == key and [p.name for p in tmp_path.iterdir()] == ["pseudonym.key"]
