@@ -31,8 +31,10 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes, *, mode: int) -> Path:
-    """Write ``data`` to ``path`` atomically with permission bits ``mode`` (umask does not widen it)."""
+def write_atomic(path: str | os.PathLike[str], data: bytes, *, mode: int, exclusive: bool = False) -> Path:
+    """Write ``data`` to ``path`` atomically with permission bits ``mode`` (umask does not widen it).
+    ``exclusive``: never replace an existing file (``FileExistsError``): the complete temporary file
+    is hard-linked into place instead of renamed over it."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
@@ -49,14 +51,20 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, *, mode: int) -> Pat
         tmp.unlink(missing_ok=True)
         raise
     os.close(fd)
-    os.replace(tmp, target)
+    if exclusive:
+        try:
+            os.link(tmp, target)
+        finally:
+            tmp.unlink()
+    else:
+        os.replace(tmp, target)
     _fsync_dir(target.parent)
     return target
 
 
-def write_secret(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write secret key material: owner read/write only (0600), atomically."""
-    return write_atomic(path, data, mode=SECRET_MODE)
+def write_secret(path: str | os.PathLike[str], data: bytes, *, exclusive: bool = False) -> Path:
+    """Write secret key material: owner read/write only (0600), atomically (see :func:`write_atomic`)."""
+    return write_atomic(path, data, mode=SECRET_MODE, exclusive=exclusive)
 
 
 def write_public(path: str | os.PathLike[str], data: bytes) -> Path:

@@ -13,7 +13,6 @@ count and last hash; published elsewhere (a regulator's inbox, another disk), it
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -21,6 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from crypto._files import write_public
 from crypto.audit import keyed_hash, sign_head, verify
 from crypto.errors import AuditLogBroken, BadSignature, MalformedData
 from crypto.identity import IdentityKey, IdentityPublicKey
@@ -98,9 +98,7 @@ def head_of_log(
     if out is None:
         print(text)
         return
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(text + "\n", encoding="utf-8")
-    os.replace(tmp, out)
+    write_public(out, (text + "\n").encode())
 
 
 def _entries(log: Path) -> Iterator[dict[str, Any]]:

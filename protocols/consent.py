@@ -41,6 +41,7 @@ from pydantic import (
     model_validator,
 )
 
+from crypto._files import write_secret
 from crypto.errors import BadSignature, MalformedData
 from crypto.identity import IdentityKey, IdentityPublicKey
 from protocols.errors import ConfigError
@@ -86,20 +87,7 @@ def create_pseudonym_key(path: str | os.PathLike[str]) -> bytes:
     """Create the secret key a node hashes enterprise ids with in its audit log (0600, never
     overwritten: replacing it would make every earlier entry unsearchable)."""
     key = secrets.token_bytes(PSEUDONYM_KEY_BYTES)
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Written beside it, then linked into place: a crash never leaves a half-written key, and an
-    # existing key is never replaced (link fails when the name exists).
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(f"{_PSEUDONYM_HEADER}\n{key.hex()}\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.link(tmp, target)
-    finally:
-        tmp.unlink()
+    write_secret(path, f"{_PSEUDONYM_HEADER}\n{key.hex()}\n".encode(), exclusive=True)
     return key
 
 
